@@ -1,0 +1,245 @@
+"""The event bus: subscriptions, explicit ordering, filters, wrappers and action providers.
+
+Dispatch is a precomputed tuple of bound callables per event type, rebuilt only when subscriptions change. The loop
+asks `bus.table.get(EventType)` and constructs the event only when that tuple is non-empty, so an event nobody
+listens to costs one dict lookup. Order is `(priority, registration order)`; lower priority runs first. The bands:
+
+    STRATEGY 100 < PRECISION 200 < CALLBACK 300 < MODULE 400 < METRICS 500 < LOGGER 600 < MONITOR 700 < PROGRESS 800 < TRACE 900
+
+A handler may observe (`on_<event>` methods or `bus.subscribe`), wrap a phase (`wrap_<phase>()` returning a context
+manager), provide the single implementation of an action (`provide_<action>`), and steer through `event.control`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+from contextlib import AbstractContextManager
+from typing import Any, Callable, Iterable
+
+from engine.errors import HandlerError
+from engine.events import CATALOGUE, Event, handler_method_name
+
+__all__ = [
+    "Bus", "Subscription", "STRATEGY", "PRECISION", "CALLBACK", "MODULE", "METRICS", "LOGGER", "MONITOR", "PROGRESS",
+    "TRACE", "PHASES", "ACTIONS",
+]
+
+STRATEGY, PRECISION, CALLBACK, MODULE, METRICS, LOGGER, MONITOR, PROGRESS, TRACE = (
+    100, 200, 300, 400, 500, 600, 700, 800, 900)
+
+PHASES = ("forward", "backward", "optimizer_step", "eval_forward")
+ACTIONS = ("backward", "optimizer_step")
+
+_METHOD_TO_EVENT: dict[str, type[Event]] = {handler_method_name(t): t for t in CATALOGUE}
+
+
+def _name_of(fn: Callable) -> str:
+    owner = getattr(fn, "__self__", None)
+    if owner is not None:
+        return f"{type(owner).__qualname__}.{getattr(fn, '__name__', '?')}"
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+class Subscription:
+    """Handle returned by `subscribe`: `remove()` it, or use it as a context manager."""
+
+    __slots__ = ("bus", "event_type", "fn", "priority", "seq", "name", "target")
+
+    def __init__(self, bus: "Bus", event_type: type, fn: Callable, priority: int, seq: int, name: str,
+                 target: Callable) -> None:
+        self.bus, self.event_type, self.fn, self.priority, self.seq, self.name, self.target = (
+            bus, event_type, fn, priority, seq, name, target)
+
+    def remove(self) -> None:
+        """Unsubscribe (idempotent)."""
+        self.bus._remove(self)
+
+    def __enter__(self) -> "Subscription":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        return f"Subscription({self.event_type.__name__}, {self.name}, priority={self.priority})"
+
+
+def _filtered(fn: Callable, every: int | None, once: int | None, when: Callable[[Any], bool] | None) -> Callable:
+    """Compile `every=`/`once=`/`when=` into a counter check in front of `fn` (Ignite's filter semantics)."""
+    if every is None and once is None and when is None:
+        return fn
+    for label, value in (("every", every), ("once", once)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"subscribe({label}={value!r}): expected a positive int (call on the n-th firing)")
+    count = itertools.count(1)
+
+    def filtered(event: Any) -> None:
+        n = next(count)
+        if every is not None and n % every:
+            return
+        if once is not None and n != once:
+            return
+        if when is not None and not when(event):
+            return
+        fn(event)
+
+    filtered.__qualname__ = _name_of(fn)
+    return filtered
+
+
+class Bus:
+    """Subscriptions and the dispatch tables derived from them."""
+
+    def __init__(self) -> None:
+        self._subs: list[Subscription] = []
+        self._seq = itertools.count()
+        self.table: dict[type, tuple[Callable, ...]] = {}  # mutated in place: loops may hold a reference
+        self._names: dict[type, tuple[str, ...]] = {}
+        self._wraps: dict[str, list[tuple[int, int, str, Callable[[], AbstractContextManager]]]] = {}
+        self.wrappers: dict[str, tuple[Callable[[], AbstractContextManager], ...]] = {}
+        self.providers: dict[str, tuple[str, Callable]] = {}
+        self._attached: dict[int, list[Subscription]] = {}
+
+    # -- subscription -------------------------------------------------------------------------------------------
+    def subscribe(self, event_type: type, fn: Callable[[Any], None], *, priority: int = CALLBACK,
+                  every: int | None = None, once: int | None = None, when: Callable[[Any], bool] | None = None,
+                  name: str | None = None) -> Subscription:
+        """Call `fn(event)` on every `event_type` (and subclasses), filtered by `every`/`once`/`when`."""
+        if not (isinstance(event_type, type) and issubclass(event_type, Event)):
+            raise TypeError(f"subscribe({event_type!r}, ...): expected an Event subclass from engine.events")
+        if not callable(fn):
+            raise TypeError(f"subscribe({event_type.__name__}, {fn!r}): the handler must be callable")
+        sub = Subscription(self, event_type, fn, int(priority), next(self._seq), name or _name_of(fn),
+                           _filtered(fn, every, once, when))
+        self._subs.append(sub)
+        self._rebuild()
+        return sub
+
+    def on(self, event_type: type, *, priority: int = CALLBACK, every: int | None = None, once: int | None = None,
+           when: Callable[[Any], bool] | None = None) -> Callable[[Callable], Callable]:
+        """Decorator form of `subscribe`: `@bus.on(EpochEnded, every=2)`."""
+        def decorate(fn: Callable) -> Callable:
+            self.subscribe(event_type, fn, priority=priority, every=every, once=once, when=when)
+            return fn
+        return decorate
+
+    def attach(self, handler: object, priority: int | None = None) -> list[Subscription]:
+        """Subscribe every `on_<event>` method of `handler`, register its wrappers and providers."""
+        prio = priority if priority is not None else getattr(handler, "priority", CALLBACK)
+        hname = type(handler).__qualname__
+        subs: list[Subscription] = []
+        for attr in dir(type(handler)):
+            if attr.startswith("on_"):
+                event_type = _METHOD_TO_EVENT.get(attr)
+                if event_type is None:
+                    hint = difflib.get_close_matches(attr, list(_METHOD_TO_EVENT), n=1)
+                    raise HandlerError(
+                        f"handler {hname} defines {attr}(), which matches no event"
+                        + (f"; did you mean {hint[0]}()?" if hint else "; event methods are on_<snake_case event>()")
+                        + " (Lightning-style hooks belong on a pl.Callback subclass)")
+                subs.append(self.subscribe(event_type, getattr(handler, attr), priority=prio,
+                                           name=f"{hname}.{attr}"))
+            elif attr.startswith("wrap_"):
+                phase = attr[5:]
+                if phase not in PHASES:
+                    raise HandlerError(f"handler {hname} defines {attr}(); known phases: {', '.join(PHASES)}")
+                self._wraps.setdefault(phase, []).append((prio, next(self._seq), f"{hname}.{attr}",
+                                                          getattr(handler, attr)))
+            elif attr.startswith("provide_"):
+                action = attr[8:]
+                if action not in ACTIONS:
+                    raise HandlerError(f"handler {hname} defines {attr}(); known actions: {', '.join(ACTIONS)}")
+                if action in self.providers:
+                    raise HandlerError(
+                        f"two handlers provide the action {action!r}: {self.providers[action][0]} and {hname}; "
+                        "an action has a single provider, remove one of them")
+                self.providers[action] = (hname, getattr(handler, attr))
+        self._attached[id(handler)] = subs
+        self._rebuild()
+        return subs
+
+    def detach(self, handler: object) -> None:
+        """Remove everything `attach(handler)` registered."""
+        for sub in self._attached.pop(id(handler), []):
+            self._remove(sub, rebuild=False)
+        hname = type(handler).__qualname__
+        for phase, items in self._wraps.items():
+            items[:] = [w for w in items if getattr(w[3], "__self__", None) is not handler]
+        for action, (name, fn) in list(self.providers.items()):
+            if getattr(fn, "__self__", None) is handler:
+                del self.providers[action]
+        del hname
+        self._rebuild()
+
+    def _remove(self, sub: Subscription, rebuild: bool = True) -> None:
+        if sub in self._subs:
+            self._subs.remove(sub)
+            if rebuild:
+                self._rebuild()
+
+    def _rebuild(self) -> None:
+        types = set(CATALOGUE) | {s.event_type for s in self._subs}
+        ordered = sorted(self._subs, key=lambda s: (s.priority, s.seq))
+        self.table.clear()
+        self._names.clear()
+        for t in types:
+            subs = [s for s in ordered if issubclass(t, s.event_type)]
+            if subs:
+                self.table[t] = tuple(s.target for s in subs)
+                self._names[t] = tuple(s.name for s in subs)
+        self.wrappers = {p: tuple(w[3] for w in sorted(items)) for p, items in self._wraps.items() if items}
+
+    # -- dispatch -----------------------------------------------------------------------------------------------
+    def fire(self, event: Event) -> None:
+        """Call every listener of `type(event)` in order; an exception is re-raised with the handler's name noted."""
+        handlers = self.table.get(type(event))
+        if handlers:
+            self.call(handlers, event)
+
+    def call(self, handlers: tuple[Callable, ...], event: Event) -> None:
+        """Dispatch `event` to a tuple taken from `table` (the loop's fast path)."""
+        fn = None
+        try:
+            for fn in handlers:
+                fn(event)
+        except BaseException as exc:
+            names = self._names.get(type(event), ())
+            idx = handlers.index(fn) if fn in handlers else -1
+            who = names[idx] if 0 <= idx < len(names) else _name_of(fn)
+            if not getattr(exc, "_statetrain_noted", False):
+                exc.add_note(f"[statetrain] raised in handler {who} while handling {type(event).__name__} "
+                             f"at {event.timestamp}")
+                try:
+                    exc._statetrain_noted = True  # type: ignore[attr-defined]
+                except AttributeError:
+                    pass
+            raise
+
+    def listening(self, event_type: type) -> bool:
+        """Whether any handler listens to `event_type`."""
+        return event_type in self.table
+
+    # -- introspection ------------------------------------------------------------------------------------------
+    def order(self, event_type: type) -> list[str]:
+        """Names of the listeners of `event_type`, in call order."""
+        return list(self._names.get(event_type, ()))
+
+    def describe(self) -> str:
+        """The resolved order per event, the wrappers per phase and the providers, as text."""
+        prio = {s.name: s.priority for s in self._subs}
+        lines = []
+        for t in CATALOGUE + tuple(sorted((k for k in self.table if k not in CATALOGUE), key=lambda k: k.__name__)):
+            names = self._names.get(t)
+            if names:
+                lines.append(f"{t.__name__}:")
+                lines.extend(f"  {prio.get(n, '?'):>4}  {n}" for n in names)
+        for phase, items in self._wraps.items():
+            if items:
+                lines.append(f"wrap {phase}: " + " > ".join(w[2] for w in sorted(items)))
+        for action, (name, _) in self.providers.items():
+            lines.append(f"provide {action}: {name}")
+        return "\n".join(lines) if lines else "(no handlers)"
+
+    def subscriptions(self) -> Iterable[Subscription]:
+        return tuple(self._subs)

@@ -1,0 +1,198 @@
+"""The evaluation machine (validate, test, sanity check, predict): eval_start -> eval_batch -> eval_end.
+
+It is the body of the fit machine's `validation` state and the whole body of `trainer.validate/test/predict`.
+Lightning order: `on_<stage>_model_eval` -> Started -> EpochStarted -> per batch (transfer hooks, BatchStarted,
+`<stage>_step`, BatchEnded) -> EpochEnded -> epoch metrics -> Ended -> modules' train/eval modes restored.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from engine import events as ev
+from engine.errors import MisconfigurationException
+from engine.machine import DONE, Machine
+from engine.results import ResultCollection
+
+if TYPE_CHECKING:  # pragma: no cover
+    from engine.trainer import Trainer
+
+__all__ = ["EvalLoop", "build_eval_machine", "STAGES", "accepts_batch_idx"]
+
+
+class _StageSpec:
+    __slots__ = ("started", "epoch_started", "batch_started", "batch_ended", "epoch_ended", "ended", "step",
+                 "model_eval", "model_train")
+
+    def __init__(self, started: type, epoch_started: type, batch_started: type, batch_ended: type,
+                 epoch_ended: type, ended: type, step: str, model_eval: str, model_train: str | None) -> None:
+        self.started, self.epoch_started, self.batch_started, self.batch_ended = (
+            started, epoch_started, batch_started, batch_ended)
+        self.epoch_ended, self.ended, self.step, self.model_eval, self.model_train = (
+            epoch_ended, ended, step, model_eval, model_train)
+
+
+_VALIDATE = _StageSpec(ev.ValidationStarted, ev.ValidationEpochStarted, ev.ValidationBatchStarted,
+                       ev.ValidationBatchEnded, ev.ValidationEpochEnded, ev.ValidationEnded, "validation_step",
+                       "on_validation_model_eval", "on_validation_model_train")
+STAGES: dict[str, _StageSpec] = {
+    "validate": _VALIDATE,
+    "sanity_check": _VALIDATE,
+    "test": _StageSpec(ev.TestStarted, ev.TestEpochStarted, ev.TestBatchStarted, ev.TestBatchEnded,
+                       ev.TestEpochEnded, ev.TestEnded, "test_step", "on_test_model_eval", "on_test_model_train"),
+    "predict": _StageSpec(ev.PredictStarted, ev.PredictEpochStarted, ev.PredictBatchStarted, ev.PredictBatchEnded,
+                          ev.PredictEpochEnded, ev.PredictEnded, "predict_step", "on_predict_model_eval", None),
+}
+
+
+def accepts_batch_idx(fn: Any) -> bool:
+    """Lightning passes `batch_idx` only when the step's signature has it (or *args) after the batch."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return True
+    return "batch_idx" in [p.name for p in params] or len(params) >= 2
+
+
+def _overridden(module: Any, name: str) -> bool:
+    from engine.module import LightningModule
+
+    return getattr(type(module), name, None) is not getattr(LightningModule, name, None)
+
+
+class EvalLoop:
+    """One evaluation run over `loaders`, each limited to `limits[i]` batches."""
+
+    def __init__(self, trainer: "Trainer", stage: str, loaders: list[Any], limits: list[int | float],
+                 in_fit: bool = False, return_predictions: bool = True) -> None:
+        self.trainer = trainer
+        self.stage = stage
+        self.spec = STAGES[stage]
+        self.loaders = loaders
+        self.limits = limits
+        self.in_fit = in_fit
+        self.return_predictions = return_predictions
+        self.module = trainer.lightning_module
+        self.step_fn = getattr(self.module, self.spec.step)
+        self.pass_batch_idx = accepts_batch_idx(self.step_fn)
+        self.num_dataloaders = len(loaders)
+        self.results = ResultCollection(training=False)
+        self.predictions: list[list[Any]] = [[] for _ in loaders]
+        self.dataloader_idx = 0
+        self.batch_idx = 0
+        self.batch: Any = None
+        self._iter: Any = None
+        self._modes: dict[torch.nn.Module, bool] = {}
+        self.outputs: list[dict[str, Any]] = []
+
+    # -- states ---------------------------------------------------------------------------------------------------
+    def eval_start(self) -> str:
+        t, spec = self.trainer, self.spec
+        self._modes = {m: m.training for m in self.module.modules()}
+        t._call_module(spec.model_eval)
+        t._results = self.results if self.stage != "predict" else None
+        t._fire_simple(spec.started)
+        t._fire_simple(spec.epoch_started)
+        return self._next_loader(0)
+
+    def _next_loader(self, idx: int) -> str:
+        while idx < len(self.loaders):
+            if self.limits[idx] > 0:
+                self.dataloader_idx = idx
+                self.batch_idx = 0
+                self._iter = iter(self.loaders[idx])
+                return "eval_batch"
+            idx += 1
+        return "eval_end"
+
+    def eval_batch(self) -> str:
+        t, spec, dl_idx = self.trainer, self.spec, self.dataloader_idx
+        if self.batch_idx >= self.limits[dl_idx]:
+            return self._next_loader(dl_idx + 1)
+        try:
+            batch = next(self._iter)
+        except StopIteration:
+            return self._next_loader(dl_idx + 1)
+        batch = t._transfer_batch(batch, dl_idx)
+        self.batch = batch
+        batch_idx = self.batch_idx
+        if self.stage != "predict":
+            self.results.set_batch(batch, dl_idx, self.num_dataloaders)
+        table = t.bus.table
+        hs = table.get(spec.batch_started)
+        if hs:
+            t.bus.call(hs, spec.batch_started(t, t.timestamp, batch, batch_idx, dl_idx, self.num_dataloaders))
+        args: tuple = (batch, batch_idx) if self.pass_batch_idx else (batch,)
+        if self.num_dataloaders > 1:
+            args = args + (dl_idx,)
+        module = self.module
+        module._current_fx_name = spec.step
+        wraps = t.bus.wrappers.get("eval_forward")
+        if wraps:
+            from contextlib import ExitStack
+
+            with ExitStack() as stack:
+                for w in wraps:
+                    stack.enter_context(w())
+                out = self.step_fn(*args)
+        else:
+            out = self.step_fn(*args)
+        if self.stage == "predict" and self.return_predictions:
+            self.predictions[dl_idx].append(out)
+        hs = table.get(spec.batch_ended)
+        if hs:
+            t.bus.call(hs, spec.batch_ended(t, t.timestamp, out, batch, batch_idx, dl_idx, self.num_dataloaders))
+        if self.stage != "predict":
+            t._after_eval_batch(self.results, self.stage)
+        self.batch_idx = batch_idx + 1
+        return "eval_batch"
+
+    def eval_end(self) -> str:
+        t, spec = self.trainer, self.spec
+        t._fire_simple(spec.epoch_ended)
+        if self.stage != "predict":
+            self.outputs = t._after_eval_epoch(self.results, self.stage, self.num_dataloaders)
+        t._fire_simple(spec.ended)
+        t._results = None
+        if spec.model_train is not None and _overridden(self.module, spec.model_train):
+            t._call_module(spec.model_train)
+        else:
+            for m, mode in self._modes.items():
+                m.training = mode
+        return DONE
+
+    # -- run ------------------------------------------------------------------------------------------------------
+    def run(self) -> Any:
+        """Run the evaluation machine under no_grad (in fit) or inference_mode (validate/test/predict)."""
+        if self.in_fit or not self.trainer.settings.inference_mode:
+            ctx: Any = torch.no_grad()
+        else:
+            ctx = torch.inference_mode()
+        with ctx:
+            self.trainer.eval_machine.run(self)
+        if self.stage == "predict":
+            return self.predictions[0] if self.num_dataloaders == 1 else self.predictions
+        return self.outputs
+
+
+def build_eval_machine() -> Machine:
+    """eval_start -> eval_batch | eval_end; eval_batch -> eval_batch | eval_end; eval_end -> done."""
+    m = Machine("evaluate", initial="eval_start")
+    m.add_state("eval_start", EvalLoop.eval_start, to={"eval_batch", "eval_end"})
+    m.add_state("eval_batch", EvalLoop.eval_batch, to={"eval_batch", "eval_end"})
+    m.add_state("eval_end", EvalLoop.eval_end, to={DONE})
+    return m
+
+
+def check_step_implemented(module: Any, stage: str) -> None:
+    """trainer.test() without test_step (etc.) fails before any work, naming the method."""
+    step = STAGES[stage].step
+    if step != "predict_step" and not _overridden(module, step):
+        raise MisconfigurationException(
+            f"trainer.{'validate' if stage == 'validate' else stage}() needs {type(module).__name__}.{step}"
+            f"(self, batch, batch_idx) to be implemented")

@@ -1,0 +1,287 @@
+"""The fit machine: the state functions of `trainer.fit` and the machine that wires them.
+
+Each function takes the FitLoop (the run's context) and returns the next state. In pseudocode, with the events
+each state fires (callbacks first, then the module's hook):
+
+    setup:          configure_callbacks, prepare_data, Setup, configure_model, configure_optimizers, FitStarted,
+                    zero_grad                                  -> validation (sanity) | epoch_start | teardown
+    epoch_start:    [first: train_dataloader, TrainStarted] set_epoch, EpochStarted, iter(loader)
+                                                               -> batch | epoch_end
+    batch:          next(loader), transfer hooks, BatchStarted, training_step
+                                                               -> backward | batch | validation | epoch_end | teardown
+    backward:       BeforeZeroGrad, optimizer_zero_grad, BeforeBackward, backward, AfterBackward
+                                                               -> optimizer_step
+    optimizer_step: optimizer_step(closure -> BeforeOptimizerStep, configure_gradient_clipping), OptimizerStepped,
+                    step-interval schedulers, BatchEnded, step metrics
+                                                               -> batch | validation | epoch_end
+    validation:     [sanity: SanityCheckStarted, eval machine, SanityCheckEnded, RNG restored]
+                    [else: on_validation_model_zero_grad, eval machine, plateau step schedulers]
+                                                               -> batch | epoch_end | epoch_start | teardown
+    epoch_end:      epoch metrics, EpochEnded (non-monitors, module, monitors), plateau epoch schedulers
+                                                               -> epoch_start | teardown
+    teardown:       TrainEnded, FitEnded, Teardown             -> done
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+
+from engine import events as ev
+from engine.loops.data import set_sampler_epoch
+from engine.loops.evaluate import accepts_batch_idx
+from engine.machine import DONE, Machine
+
+if TYPE_CHECKING:  # pragma: no cover
+    from engine.trainer import Trainer
+
+__all__ = ["FitLoop", "build_fit_machine", "FIT_STATES"]
+
+FIT_STATES = ("setup", "epoch_start", "batch", "backward", "optimizer_step", "validation", "epoch_end", "teardown")
+
+
+class FitLoop:
+    """The context of one `trainer.fit` run: what the state functions read and write.
+
+    Per-step slots a custom state may read or replace: `batch`, `batch_idx`, `loss` (before backward),
+    `outputs` (the dict given to on_train_batch_end), `optimizer`.
+    """
+
+    def __init__(self, trainer: "Trainer") -> None:
+        self.trainer = trainer
+        self.module = trainer.lightning_module
+        self.batch: Any = None
+        self.batch_idx = 0
+        self.loss: Tensor | None = None
+        self.outputs: Any = None
+        self.optimizer: Any = None
+        self.train_started = False
+        self.sanity_done = False
+        self.total_batch_idx = 0
+        self.is_last_batch = False
+        self._iter: Any = None
+        self._pending: Any = None
+        self._closure_calls = 0
+        self._extra: dict | None = None
+        self.pass_batch_idx = accepts_batch_idx(self.module.training_step)
+        self.last_train_reload = -1
+        self.epoch_batches_stepped = 0
+
+    # -- pieces a custom state can reuse ----------------------------------------------------------------------------
+    def fetch(self) -> bool:
+        """Draw the next batch into `self.batch` (moved to the device); False when the epoch's data is exhausted."""
+        t = self.trainer
+        idx = self.batch_idx
+        if idx >= t.num_training_batches:
+            return False
+        if self._pending is not None:
+            batch, self._pending = self._pending, None
+        else:
+            try:
+                batch = next(self._iter)
+            except StopIteration:
+                return False
+        if t._train_sized:
+            self.is_last_batch = idx + 1 >= t.num_training_batches
+        else:  # unknown length: look one batch ahead to know whether this is the last one
+            if idx + 1 >= t.num_training_batches:
+                self.is_last_batch = True
+            else:
+                try:
+                    self._pending = next(self._iter)
+                    self.is_last_batch = False
+                except StopIteration:
+                    self.is_last_batch = True
+        self.batch = t._transfer_batch(batch, 0)
+        return True
+
+    def training_step(self) -> Any:
+        """Run the module's training_step on `self.batch`; returns what it returned."""
+        module = self.module
+        module._current_fx_name = "training_step"
+        args = (self.batch, self.batch_idx) if self.pass_batch_idx else (self.batch,)
+        wraps = self.trainer.bus.wrappers.get("forward")
+        if wraps:
+            from contextlib import ExitStack
+
+            with ExitStack() as stack:
+                for w in wraps:
+                    stack.enter_context(w())
+                return module.training_step(*args)
+        return module.training_step(*args)
+
+    def backward(self, loss: Tensor) -> None:
+        """BeforeBackward, backward (provider, module override or loss.backward()), AfterBackward."""
+        t = self.trainer
+        table = t.bus.table
+        hs = table.get(ev.BeforeBackward)
+        if hs:
+            t.bus.call(hs, ev.BeforeBackward(t, t.timestamp, loss))
+        wraps = t.bus.wrappers.get("backward")
+        if wraps:
+            from contextlib import ExitStack
+
+            with ExitStack() as stack:
+                for w in wraps:
+                    stack.enter_context(w())
+                t._backward_fn(loss)
+        else:
+            t._backward_fn(loss)
+        hs = table.get(ev.AfterBackward)
+        if hs:
+            t.bus.call(hs, ev.AfterBackward(t, t.timestamp))
+
+    def zero_grad(self, optimizer: Any) -> None:
+        """BeforeZeroGrad then the module's optimizer_zero_grad (default optimizer.zero_grad())."""
+        t = self.trainer
+        hs = t.bus.table.get(ev.BeforeZeroGrad)
+        if hs:
+            t.bus.call(hs, ev.BeforeZeroGrad(t, t.timestamp, optimizer))
+        if t._zero_grad_overridden:
+            self.module._current_fx_name = "optimizer_zero_grad"
+            self.module.optimizer_zero_grad(t.current_epoch, self.batch_idx, t._lightning_optimizers[0])
+        else:
+            optimizer.zero_grad()
+
+    def closure(self) -> Tensor | None:
+        """The optimizer closure: first call returns the loss already computed by the batch/backward states;
+        later calls (LBFGS re-evaluations) re-run training_step, zero_grad and backward. Each call then fires
+        BeforeOptimizerStep and configure_gradient_clipping, as Lightning's wrapped closure does."""
+        self._closure_calls += 1
+        if self._closure_calls > 1:
+            loss = self.trainer._check_training_output(self.training_step(), self)
+            if loss is not None:
+                self.zero_grad(self.optimizer)
+                self.backward(loss)
+            self.loss = loss
+        self.trainer._before_optimizer_step(self.optimizer)
+        return None if self.loss is None else self.loss.detach()
+
+    def finish_batch(self) -> str:
+        """After the step: BatchEnded, step metrics, then decide: validation, next batch, or epoch end."""
+        t = self.trainer
+        hs = t.bus.table.get(ev.BatchEnded)
+        if hs:
+            if self.outputs is None:  # built only when someone listens
+                self.outputs = {} if self.loss is None else {"loss": self.loss.detach(), **(self._extra or {})}
+            t.bus.call(hs, ev.BatchEnded(t, t.timestamp, self.outputs, self.batch, self.batch_idx))
+        t._after_train_batch(self)
+        self.batch_idx += 1
+        self.total_batch_idx += 1
+        if t._should_validate(self):
+            return "validation"
+        t._after_batch_validation(self)
+        return self.after_batch()
+
+    def after_batch(self) -> str:
+        """Where to go once a batch (and any validation after it) is done."""
+        t = self.trainer
+        if self.is_last_batch or t._training_done(mid_epoch=True) or t.control.skip_epoch_requested:
+            return "epoch_end"
+        return "batch"
+
+
+# -- the state functions --------------------------------------------------------------------------------------------
+def setup(loop: FitLoop) -> str:
+    """Module and optimizers ready, FitStarted fired; sanity check next if validation is on."""
+    t = loop.trainer
+    t._setup_fit(loop)
+    if t._fit_skipped():
+        return "teardown"
+    if t._should_sanity_check():
+        return "validation"
+    return "epoch_start"
+
+
+def epoch_start(loop: FitLoop) -> str:
+    """TrainStarted on the first epoch; then set_epoch, EpochStarted, and a fresh iterator over the train data."""
+    t = loop.trainer
+    if not loop.train_started:
+        t._load_train_dataloader(loop)
+        loop.train_started = True
+        t._fire_simple(ev.TrainStarted)
+    elif t._should_reload_train(loop):
+        t._load_train_dataloader(loop)
+    loop.batch_idx = 0
+    loop.is_last_batch = False
+    loop._pending = None
+    t.control.skip_epoch_requested = False
+    t._train_results.reset()
+    t.timestamp = t.timestamp._replace(batch_in_epoch=0)
+    set_sampler_epoch(t.train_dataloader, t.current_epoch)
+    t._fire_simple(ev.EpochStarted)
+    loop._iter = iter(t.train_dataloader)
+    return "batch"
+
+
+def batch(loop: FitLoop) -> str:
+    """Fetch and move a batch, BatchStarted, training_step; an exhausted epoch goes to epoch_end."""
+    t = loop.trainer
+    if t.control.skip_epoch_requested or not loop.fetch():
+        return "epoch_end"
+    t._begin_train_batch(loop)
+    if t.control.skip_epoch_requested:  # on_train_batch_start returned -1
+        return "epoch_end"
+    out = loop.training_step()
+    if not t._automatic:
+        loop.outputs = t._manual_outputs(out)
+        return loop.finish_batch()
+    loop.loss = t._check_training_output(out, loop)
+    if loop.loss is None:  # training_step returned None: no backward, no step
+        return loop.finish_batch()
+    return "backward"
+
+
+def backward(loop: FitLoop) -> str:
+    """BeforeZeroGrad, optimizer_zero_grad, BeforeBackward, backward, AfterBackward."""
+    loop.optimizer = loop.trainer._step_optimizer
+    loop.zero_grad(loop.optimizer)
+    loop.backward(loop.loss)  # type: ignore[arg-type]
+    return "optimizer_step"
+
+
+def optimizer_step(loop: FitLoop) -> str:
+    """optimizer_step with the closure, OptimizerStepped, schedulers, BatchEnded; then validation or next."""
+    loop.trainer._optimizer_step(loop)
+    return loop.finish_batch()
+
+
+def validation(loop: FitLoop) -> str:
+    """The sanity check (first time, RNG isolated) or a validation run inside the epoch."""
+    t = loop.trainer
+    if not loop.sanity_done:
+        loop.sanity_done = True
+        t._run_sanity_check()
+        return "teardown" if t._fit_skipped() else "epoch_start"
+    t._run_fit_validation(loop)
+    return loop.after_batch()
+
+
+def epoch_end(loop: FitLoop) -> str:
+    """EpochEnded (after its validation), epoch metrics, plateau schedulers; then the next epoch or teardown."""
+    t = loop.trainer
+    t._end_train_epoch(loop)
+    if t._training_done(mid_epoch=False):
+        return "teardown"
+    return "epoch_start"
+
+
+def teardown(loop: FitLoop) -> str:
+    """TrainEnded (if training started), FitEnded, Teardown."""
+    loop.trainer._teardown_fit(loop)
+    return DONE
+
+
+def build_fit_machine() -> Machine:
+    """The fit machine with exactly the user's eight states (see the module docstring)."""
+    m = Machine("fit", initial="setup")
+    m.add_state("setup", setup, to={"epoch_start", "validation", "teardown"})
+    m.add_state("epoch_start", epoch_start, to={"batch", "epoch_end"})
+    m.add_state("batch", batch, to={"backward", "batch", "validation", "epoch_end", "teardown"})
+    m.add_state("backward", backward, to={"optimizer_step", "batch"})
+    m.add_state("optimizer_step", optimizer_step, to={"batch", "validation", "epoch_end", "teardown"})
+    m.add_state("validation", validation, to={"batch", "epoch_end", "epoch_start", "teardown"})
+    m.add_state("epoch_end", epoch_end, to={"epoch_start", "teardown"})
+    m.add_state("teardown", teardown, to={DONE})
+    return m

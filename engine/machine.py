@@ -1,0 +1,197 @@
+"""A generic finite state machine: named states, a table of legal transitions, one function per state.
+
+A state function does its work, fires its events and returns the name of the next state. `run` checks every
+transition against the table (an illegal one raises `IllegalTransition` naming both states and the legal targets),
+fires `StateChanged` only when someone listens, and on an exception calls `on_exception` and re-raises it.
+
+The fit machine (`engine.loops.fit.build_fit_machine`):
+
+    setup          -> epoch_start | validation (sanity check) | teardown
+    epoch_start    -> batch | epoch_end
+    batch          -> backward | batch | validation | epoch_end | teardown
+    backward       -> optimizer_step | batch
+    optimizer_step -> batch | validation | epoch_end | teardown
+    validation     -> batch | epoch_end | epoch_start | teardown
+    epoch_end      -> epoch_start | teardown
+    teardown       -> done
+
+Composing: `replace(state, fn)` swaps a state's function; `insert(name, fn, after=A)` runs `name` after every exit
+from A (its function returns None to continue where A was going, or one of A's targets); `insert(name, fn, before=B)`
+runs `name` on every entry into B; `add_state`/`allow` build a machine from scratch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from engine.errors import IllegalTransition
+
+__all__ = ["Machine", "StateFn", "DONE"]
+
+DONE = "done"
+StateFn = Callable[[Any], "str | None"]
+
+
+class Machine:
+    """States, legal transitions and the run loop."""
+
+    def __init__(self, name: str, initial: str, final: str = DONE) -> None:
+        self.name = name
+        self.initial = initial
+        self.final = final
+        self.functions: dict[str, StateFn] = {}
+        self.transitions: dict[str, set[str]] = {}
+        self._after: dict[str, str] = {}   # state -> inserted follower that runs on every exit of it
+        self._before: dict[str, str] = {}  # state -> inserted state that runs on every entry into it
+        self._before_target: dict[str, str] = {}  # inserted state -> the state it runs before
+        self.on_transition: Callable[[str, str], None] | None = None
+        self.on_exception: Callable[[Any, BaseException], None] | None = None
+
+    # -- building -----------------------------------------------------------------------------------------------
+    def add_state(self, name: str, fn: StateFn, to: Iterable[str] = ()) -> "Machine":
+        """Add a state with its function and legal targets."""
+        if name in self.functions:
+            raise ValueError(f"machine {self.name!r}: state {name!r} already exists; use replace({name!r}, fn)")
+        if name == self.final:
+            raise ValueError(f"machine {self.name!r}: {name!r} is the final state and has no function")
+        self.functions[name] = fn
+        self.transitions[name] = set(to)
+        return self
+
+    def allow(self, src: str, *dsts: str) -> "Machine":
+        """Make `src -> dst` legal for each dst."""
+        self._require(src)
+        self.transitions[src].update(dsts)
+        return self
+
+    def replace(self, name: str, fn: StateFn) -> "Machine":
+        """Swap the function of an existing state; its legal targets stay as they are."""
+        self._require(name)
+        self.functions[name] = fn
+        return self
+
+    def insert(self, name: str, fn: StateFn, *, after: str | None = None, before: str | None = None) -> "Machine":
+        """Insert a state that runs after every exit of `after`, or before every entry into `before`."""
+        if (after is None) == (before is None):
+            raise ValueError(f"machine {self.name!r}: insert({name!r}) needs exactly one of after= or before=")
+        if after is not None:
+            self._require(after)
+            if after in self._after:
+                after = self._last_after(after)
+            self.add_state(name, fn, to=self.transitions[after])
+            self.transitions[after] = {name}
+            self._after[after] = name
+        else:
+            assert before is not None
+            if before != self.final:
+                self._require(before)
+            self.add_state(name, fn, to={before})
+            for src, targets in self.transitions.items():
+                if before in targets and src != name:
+                    targets.discard(before)
+                    targets.add(name)
+            self._before[before] = name
+            self._before_target[name] = before
+            if self.initial == before:
+                self.initial = name
+        return self
+
+    def _last_after(self, state: str) -> str:
+        while state in self._after:
+            state = self._after[state]
+        return state
+
+    def _require(self, name: str) -> None:
+        if name not in self.functions:
+            raise KeyError(f"machine {self.name!r} has no state {name!r}; states: {', '.join(self.functions)}")
+
+    def copy(self) -> "Machine":
+        """An independent copy (same functions), for a user to compose without touching the original."""
+        m = Machine(self.name, self.initial, self.final)
+        m.functions = dict(self.functions)
+        m.transitions = {k: set(v) for k, v in self.transitions.items()}
+        m._after, m._before, m._before_target = dict(self._after), dict(self._before), dict(self._before_target)
+        m.on_transition, m.on_exception = self.on_transition, self.on_exception
+        return m
+
+    def validate(self) -> None:
+        """Every target names a state (or the final state) and every state is reachable from the initial one."""
+        known = set(self.functions) | {self.final}
+        for src, targets in self.transitions.items():
+            unknown = targets - known
+            if unknown:
+                raise ValueError(f"machine {self.name!r}: {src!r} lists unknown target(s) {sorted(unknown)}")
+        seen, todo = set(), [self.initial]
+        while todo:
+            s = todo.pop()
+            if s in seen or s == self.final:
+                continue
+            seen.add(s)
+            todo.extend(self.transitions.get(s, ()))
+        unreachable = set(self.functions) - seen
+        if unreachable:
+            raise ValueError(f"machine {self.name!r}: unreachable state(s) {sorted(unreachable)}")
+
+    # -- running ------------------------------------------------------------------------------------------------
+    def run(self, ctx: Any) -> None:
+        """Run from the initial state until the final state, checking every transition."""
+        fns, trans, final = self.functions, self.transitions, self.final
+        after, before, before_target = self._after, self._before, self._before_target
+        on_transition = self.on_transition
+        state = self.initial
+        pending: str | None = None  # where a state was going when an inserted follower took over
+        try:
+            while state != final:
+                nxt = fns[state](ctx)
+                if nxt is None:
+                    if pending is not None:
+                        nxt, pending = pending, None
+                    elif state in before_target:
+                        nxt = before_target[state]
+                    else:
+                        raise IllegalTransition(self.name, state, None, trans[state])
+                else:
+                    pending = None
+                if state in after:
+                    follower = after[state]
+                    if nxt not in trans[follower]:
+                        raise IllegalTransition(self.name, state, nxt, trans[follower])
+                    pending, nxt = nxt, follower
+                else:
+                    if nxt in before and before[nxt] != state:
+                        nxt = before[nxt]
+                    if nxt not in trans[state]:
+                        raise IllegalTransition(self.name, state, nxt, trans[state])
+                if on_transition is not None:
+                    on_transition(state, nxt)
+                state = nxt
+        except BaseException as exc:
+            if self.on_exception is not None:
+                self.on_exception(ctx, exc)
+            raise
+
+    # -- display ------------------------------------------------------------------------------------------------
+    def __str__(self) -> str:
+        width = max((len(s) for s in self.transitions), default=0)
+        lines = [f"Machine {self.name!r} (initial: {self.initial})"]
+        for src, targets in self.transitions.items():
+            fn = self.functions[src]
+            lines.append(f"  {src:<{width}} -> {' | '.join(sorted(targets))}    [{getattr(fn, '__qualname__', fn)}]")
+        return "\n".join(lines)
+
+    def to_mermaid(self) -> str:
+        """The transition graph as a Mermaid `stateDiagram-v2`."""
+        lines = ["stateDiagram-v2", f"    [*] --> {self.initial}"]
+        for src, targets in self.transitions.items():
+            for dst in sorted(targets):
+                lines.append(f"    {src} --> {'[*]' if dst == self.final else dst}")
+        return "\n".join(lines)
+
+    def to_dot(self) -> str:
+        """The transition graph in Graphviz dot."""
+        lines = [f'digraph "{self.name}" {{', "  rankdir=LR;"]
+        for src, targets in self.transitions.items():
+            for dst in sorted(targets):
+                lines.append(f'  "{src}" -> "{dst}";')
+        lines.append("}")
+        return "\n".join(lines)

@@ -1,0 +1,146 @@
+"""The Lightning-compatible `Callback` and the adapters that put callbacks and the module's hooks on the bus.
+
+A Callback subscribes only the hooks its class overrides, each with Lightning's signature
+`hook(trainer, pl_module, *args)`. The module's own hooks are subscribed the same way one band later, so for every
+event the callbacks run first (in list order), then the module, as in Lightning. Monitoring callbacks (EarlyStopping,
+checkpointing: `is_monitor = True`) run after the module on `on_train_epoch_end` only, as in Lightning.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from engine.bus import CALLBACK, MODULE, MONITOR, Bus, Subscription
+from engine.events import (
+    LIGHTNING_HOOKS, BatchStarted, EpochEnded, Event, ExceptionRaised, SanityCheckEnded, SanityCheckStarted,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from engine.module import LightningModule
+    from engine.trainer import Trainer
+
+__all__ = ["Callback", "attach_callback", "attach_module"]
+
+
+class Callback:
+    """Base class of Lightning-style callbacks: override any hook; each gets `(trainer, pl_module, ...)`."""
+
+    is_monitor = False  # True for EarlyStopping/ModelCheckpoint-like callbacks (ordering on on_train_epoch_end)
+
+    @property
+    def state_key(self) -> str:
+        """Key of this callback's state in a checkpoint (class qualname by default)."""
+        return type(self).__qualname__
+
+    def _generate_state_key(self, **kwargs: Any) -> str:
+        return f"{type(self).__qualname__}{repr(kwargs)}"
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None: ...
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None: ...
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None: ...
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None: ...
+    def on_sanity_check_start(self, trainer: Any, pl_module: Any) -> None: ...
+    def on_sanity_check_end(self, trainer: Any, pl_module: Any) -> None: ...
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None: ...
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None: ...
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None: ...
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None: ...
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None: ...
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None: ...
+    def on_test_epoch_start(self, trainer: Any, pl_module: Any) -> None: ...
+    def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None: ...
+    def on_predict_epoch_start(self, trainer: Any, pl_module: Any) -> None: ...
+    def on_predict_epoch_end(self, trainer: Any, pl_module: Any) -> None: ...
+    def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None: ...
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                                dataloader_idx: int = 0) -> None: ...
+    def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+                            dataloader_idx: int = 0) -> None: ...
+    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                          dataloader_idx: int = 0) -> None: ...
+    def on_predict_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+                               dataloader_idx: int = 0) -> None: ...
+    def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                             dataloader_idx: int = 0) -> None: ...
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None: ...
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None: ...
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None: ...
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None: ...
+    def on_test_start(self, trainer: Any, pl_module: Any) -> None: ...
+    def on_test_end(self, trainer: Any, pl_module: Any) -> None: ...
+    def on_predict_start(self, trainer: Any, pl_module: Any) -> None: ...
+    def on_predict_end(self, trainer: Any, pl_module: Any) -> None: ...
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None: ...
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None: ...
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None: ...
+    def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None: ...
+    def on_after_backward(self, trainer: Any, pl_module: Any) -> None: ...
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None: ...
+    def on_before_zero_grad(self, trainer: Any, pl_module: Any, optimizer: Any) -> None: ...
+
+
+def _overrides(obj: object, base: type, name: str) -> bool:
+    return getattr(type(obj), name, None) is not getattr(base, name, None)
+
+
+def _callback_adapter(hook: Callable, name: str, trainer: "Trainer", module: "LightningModule") -> Callable:
+    def call(event: Event) -> None:
+        prev = module._current_fx_name
+        module._current_fx_name = name
+        try:
+            hook(trainer, module, *event.lightning_args(), **event.lightning_kwargs())
+        finally:
+            module._current_fx_name = prev
+    call.__qualname__ = getattr(hook, "__qualname__", name)
+    return call
+
+
+def attach_callback(bus: Bus, callback: Callback, trainer: "Trainer", module: "LightningModule",
+                    priority: int = CALLBACK) -> list[Subscription]:
+    """Subscribe each hook `callback` overrides, with Lightning's signature and `self.log` context."""
+    subs = []
+    for event_type, name in LIGHTNING_HOOKS.items():
+        if not _overrides(callback, Callback, name):
+            continue
+        prio = MONITOR if (event_type is EpochEnded and callback.is_monitor) else priority
+        fn = _callback_adapter(getattr(callback, name), name, trainer, module)
+        subs.append(bus.subscribe(event_type, fn, priority=prio, name=f"{type(callback).__qualname__}.{name}"))
+    return subs
+
+
+_NOT_MODULE_HOOKS = (ExceptionRaised, SanityCheckStarted, SanityCheckEnded)
+
+
+def attach_module(bus: Bus, module: "LightningModule", trainer: "Trainer") -> list[Subscription]:
+    """Subscribe each Lightning hook the module overrides; `on_train_batch_start` returning -1 skips the epoch."""
+    from engine.module import LightningModule
+
+    subs = []
+    for event_type, name in LIGHTNING_HOOKS.items():
+        if event_type in _NOT_MODULE_HOOKS or not _overrides(module, LightningModule, name):
+            continue
+        hook = getattr(module, name)
+        if event_type is BatchStarted:
+            def call(event: Event, hook: Callable = hook) -> None:
+                prev = module._current_fx_name
+                module._current_fx_name = "on_train_batch_start"
+                try:
+                    if hook(*event.lightning_args()) == -1:
+                        trainer.control.skip_epoch("on_train_batch_start returned -1",
+                                                   by=f"{type(module).__qualname__}.on_train_batch_start")
+                finally:
+                    module._current_fx_name = prev
+        else:
+            def call(event: Event, hook: Callable = hook, name: str = name) -> None:
+                prev = module._current_fx_name
+                module._current_fx_name = name
+                try:
+                    hook(*event.lightning_args(), **event.lightning_kwargs())
+                finally:
+                    module._current_fx_name = prev
+        subs.append(bus.subscribe(event_type, call, priority=MODULE, name=f"{type(module).__qualname__}.{name}"))
+    return subs

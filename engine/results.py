@@ -676,7 +676,8 @@ class ResultCollection:
     def _sync(self, tensor: Tensor, reduce_op: str, group: Any) -> Tensor:
         """Reduce `tensor` across processes with `sync_fn` (on `device` if set); it gets a copy it may change."""
         moved = tensor.to(self.device) if self.device is not None else tensor
-        return self.sync_fn(moved.clone() if moved is tensor else moved, reduce_op=reduce_op, group=group)
+        sync_fn: Callable[..., Tensor] = self.sync_fn  # type: ignore[assignment]  # only called when set
+        return sync_fn(moved.clone() if moved is tensor else moved, reduce_op=reduce_op, group=group)
 
     def _infer_batch_size(self) -> int:
         """Batch size of the current batch for weighting epoch means: inferred once per batch, 1 outside batches."""

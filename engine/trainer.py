@@ -25,6 +25,7 @@ from engine.errors import MisconfigurationException
 from engine.loops.data import (
     as_loader_list, check_not_empty, has_len, maybe_seed_workers, num_batches, without_shuffle,
 )
+from engine.log import log
 from engine.loops.evaluate import EvalLoop, build_eval_machine, check_step_implemented
 from engine.loops.fit import FitLoop, build_fit_machine
 from engine.machine import Machine
@@ -101,6 +102,7 @@ class Trainer:
         self._metrics = LoggedMetrics()
         self._results: ResultCollection | None = None
         self._train_results = ResultCollection(training=True)
+        self._eval_results = ResultCollection(training=False)
         self.lightning_module: LightningModule | None = None
         self.datamodule: LightningDataModule | None = None
         self.optimizers: list[torch.optim.Optimizer] = []
@@ -423,6 +425,7 @@ class Trainer:
         self.timestamp = Timestamp()
         self._batches_stepped = 0
         self._train_results = ResultCollection(training=True)
+        self._eval_results = ResultCollection(training=False)
         self._setup_common("fit")
         self._setup_optimizers(model)
         self._fire_simple(ev.FitStarted)
@@ -696,11 +699,17 @@ class Trainer:
         """max_steps, max_epochs (at epoch end), or a stop request once min_epochs/min_steps are met."""
         s = self.settings
         if s.max_steps != -1 and self.global_step >= s.max_steps:
+            if not mid_epoch and self.is_global_zero:
+                log.info(f"`Trainer.fit` stopped: `max_steps={s.max_steps}` reached.")
             return True
         if not mid_epoch and s.max_epochs != -1 and self.current_epoch >= s.max_epochs:
+            if self.is_global_zero:
+                log.info(f"`Trainer.fit` stopped: `max_epochs={s.max_epochs}` reached.")
             return True
         if self.should_stop:
             if self._can_stop_early(self.current_epoch):
+                if not mid_epoch and self.is_global_zero:
+                    log.info("`Trainer.fit` stopped: `trainer.should_stop` was set.")
                 return True
             if not getattr(self, "_min_info", False):
                 self._min_info = True
@@ -725,6 +734,7 @@ class Trainer:
     def _run_sanity_check(self) -> None:
         """Validation on num_sanity_val_steps batches with the RNG isolated; its metrics are discarded."""
         states = collect_rng_states()
+        self._metrics.reset()
         self.sanity_checking = True
         self.state.stage = Stage.SANITY_CHECK
         try:
@@ -750,16 +760,19 @@ class Trainer:
         EvalLoop(self, "validate", loaders, self.num_val_batches, in_fit=True).run()
         self.state.stage = Stage.TRAIN
         self._results = self._train_results
+        self._metrics.attach(self._train_results)
         self._after_batch_validation(loop)
 
     def _end_train_epoch(self, loop: FitLoop) -> None:
         """EpochEnded with epoch metrics visible, plateau epoch schedulers, then current_epoch += 1."""
-        self._results = self._train_results
-        self._metrics.update_epoch(self._train_results, write_logs=False)
+        results = self._results = self._train_results
+        self._metrics.attach(results)
+        results.epoch_end_reached()
         hs = self.bus.table.get(ev.EpochEnded)
         if hs:
             self.bus.call(hs, ev.EpochEnded(self, self.timestamp))
-        self._metrics.update_epoch(self._train_results, write_logs=bool(self.loggers))
+        self._metrics.update_epoch(results, write_logs=bool(self.loggers))
+        results.reset()
         if self._lr is not None:
             self._lr.after_epoch()
         ts = self.timestamp
@@ -769,6 +782,8 @@ class Trainer:
         if loop.train_started:
             self._fire_simple(ev.TrainEnded)
         self.strategy.teardown()
+        self._metrics.attach(None)
+        self._metrics.teardown()
         self._fire_simple(ev.FitEnded)
         self._teardown_common("fit")
 
@@ -800,17 +815,8 @@ class Trainer:
         if stage == Stage.SANITY_CHECK:
             return []
         self._metrics.update_epoch(results, write_logs=bool(self.loggers))
-        logged = results.epoch_metrics().log
-        out: list[dict[str, float]] = [{} for _ in range(num_dataloaders)]
-        for key, value in logged.items():
-            number = value.item() if isinstance(value, Tensor) else float(value)  # host sync: once per eval run
-            if "/dataloader_idx_" in key:
-                idx = int(key.rsplit("/dataloader_idx_", 1)[1])
-                out[idx][key] = number
-            else:
-                for d in out:
-                    d[key] = number
-        return out
+        return [{k: (v.item() if isinstance(v, Tensor) else float(v)) for k, v in d.items()}  # host sync, once
+                for d in results.dataloader_outputs(num_dataloaders)]
 
     # -- Lightning's read-only views ------------------------------------------------------------------------------
     @property

@@ -81,7 +81,7 @@ class EvalLoop:
         self.step_fn = getattr(self.module, self.spec.step)
         self.pass_batch_idx = accepts_batch_idx(self.step_fn)
         self.num_dataloaders = len(loaders)
-        self.results = ResultCollection(training=False)
+        self.results: ResultCollection = trainer._eval_results
         self.predictions: list[list[Any]] = [[] for _ in loaders]
         self.dataloader_idx = 0
         self.batch_idx = 0
@@ -95,7 +95,9 @@ class EvalLoop:
         t, spec = self.trainer, self.spec
         self._modes = {m: m.training for m in self.module.modules()}
         t._call_module(spec.model_eval)
-        t._results = self.results if self.stage != "predict" else None
+        if self.stage != "predict":
+            t._results = self.results
+            t._metrics.attach(self.results)
         t._fire_simple(spec.started)
         t._fire_simple(spec.epoch_started)
         return self._next_loader(0)
@@ -154,11 +156,16 @@ class EvalLoop:
 
     def eval_end(self) -> str:
         t, spec = self.trainer, self.spec
+        if self.stage != "predict":
+            self.results.epoch_end_reached()
         t._fire_simple(spec.epoch_ended)
         if self.stage != "predict":
             self.outputs = t._after_eval_epoch(self.results, self.stage, self.num_dataloaders)
         t._fire_simple(spec.ended)
+        if self.stage != "predict":
+            self.results.reset()
         t._results = None
+        t._metrics.attach(None)
         if spec.model_train is not None and _overridden(self.module, spec.model_train):
             t._call_module(spec.model_train)
         else:

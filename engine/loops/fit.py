@@ -197,6 +197,8 @@ def setup(loop: FitLoop) -> str:
 def epoch_start(loop: FitLoop) -> str:
     """TrainStarted on the first epoch; then set_epoch, EpochStarted, and a fresh iterator over the train data."""
     t = loop.trainer
+    t._results = t._train_results
+    t._metrics.attach(t._train_results)
     if not loop.train_started:
         t._load_train_dataloader(loop)
         loop.train_started = True
@@ -207,7 +209,6 @@ def epoch_start(loop: FitLoop) -> str:
     loop.is_last_batch = False
     loop._pending = None
     t.control.skip_epoch_requested = False
-    t._train_results.reset()
     t.timestamp = t.timestamp._replace(batch_in_epoch=0)
     set_sampler_epoch(t.train_dataloader, t.current_epoch)
     t._fire_simple(ev.EpochStarted)

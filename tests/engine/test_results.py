@@ -701,9 +701,8 @@ def test_sync_fn_is_applied_only_to_sync_dist_keys():
         r.log("training_step", "mean", float(size), on_epoch=True, sync_dist=True, sync_dist_group="g")
         r.log("training_step", "total", 1.0, on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True)
         r.log("training_step", "local", 1.0, on_epoch=True, reduce_fx="sum")
-        r.log(
-            "training_step", "r0", 1.0, on_epoch=True, on_step=False, reduce_fx="sum", sync_dist=True, rank_zero_only=True
-        )
+        once = dict(on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True)
+        r.log("training_step", "r0", 1.0, **once, rank_zero_only=True)
         r.batch_end()
     assert calls == [("mean", "g"), ("mean", "g")]  # step values, at log time
     epoch = r.epoch_metrics().log

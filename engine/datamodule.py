@@ -30,6 +30,12 @@ def move_data_to_device(batch: Any, device: torch.device | str | int) -> Any:
     (inputs are not mutated); other objects pass through. Tensor copies are non-blocking except to CPU/MPS.
     """
     device = torch.device(device) if isinstance(device, (str, int)) else device
+    if type(batch) in (tuple, list):  # the usual DataLoader batch: nothing to do when every tensor is there
+        for item in batch:
+            if type(item) is not torch.Tensor or item.device != device:
+                break
+        else:
+            return batch
     non_blocking = isinstance(device, torch.device) and device.type not in _BLOCKING_DEVICE_TYPES
     return _move(batch, device, non_blocking)
 

@@ -54,7 +54,7 @@ class LightningModule(HyperparametersMixin, nn.Module):
     # -- attributes -----------------------------------------------------------------------------------------------
     @property
     def trainer(self) -> "Trainer":
-        if self._trainer is None:
+        if self._trainer is None and not getattr(self, "_exporting", False):
             raise RuntimeError(f"{type(self).__name__} is not attached to a Trainer; call trainer.fit(model) first")
         return self._trainer
 
@@ -422,6 +422,17 @@ class LightningModule(HyperparametersMixin, nn.Module):
         """Export with TorchScript (`method='script'` or `'trace'` with example_inputs/example_input_array)."""
         mode = self.training
         self.eval()
+        self._exporting = True  # TorchScript walks every attribute; `trainer` must not raise meanwhile
+        try:
+            out = self._export_torchscript(method, example_inputs, **kwargs)
+        finally:
+            self._exporting = False
+        self.train(mode)
+        if file_path is not None:
+            torch.jit.save(out, file_path)
+        return out
+
+    def _export_torchscript(self, method: str, example_inputs: Any, **kwargs: Any) -> Any:
         if method == "script":
             out = torch.jit.script(self, **kwargs)
         elif method == "trace":
@@ -431,9 +442,6 @@ class LightningModule(HyperparametersMixin, nn.Module):
             out = torch.jit.trace(self, example_inputs=inputs, **kwargs)
         else:
             raise ValueError(f"to_torchscript(method={method!r}): expected 'script' or 'trace'")
-        self.train(mode)
-        if file_path is not None:
-            torch.jit.save(out, file_path)
         return out
 
     @torch.no_grad()

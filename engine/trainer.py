@@ -122,6 +122,8 @@ class Trainer:
         self._loop: FitLoop | None = None
         self._run_subs: list[Subscription] = []
         self._val_source: Callable[[], Any] | None = None
+        self._val_on = False
+        self._transfer_plan: tuple | None = None
         self._val_loaders: list[Any] | None = None
         self._last_val_reload = -1
         self._train_source: Callable[[], Any] | None = None
@@ -366,19 +368,32 @@ class Trainer:
     def _call_module(self, name: str, *args: Any, **kwargs: Any) -> Any:
         return self._call_hook(self.lightning_module, name, *args, **kwargs)
 
-    def _transfer_batch(self, batch: Any, dataloader_idx: int) -> Any:
-        """on_before_batch_transfer -> transfer_batch_to_device -> on_after_batch_transfer; each hook is the
-        datamodule's when it overrides it, else the module's (Lightning's rule)."""
-        device = self.strategy.root_device
+    def _plan_transfer(self) -> None:
+        """Which batch-transfer hooks run: the datamodule's where it overrides one, else the module's overrides."""
         dm, model = self.datamodule, self.lightning_module
+        plan = []
         for name in ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer"):
-            owner = dm if dm is not None and _dm_overridden(dm, name) else model
-            if owner is model and not _overridden(model, name):
-                if name == "transfer_batch_to_device":
-                    batch = move_data_to_device(batch, device)
-                continue
-            args = (batch, device, dataloader_idx) if name == "transfer_batch_to_device" else (batch, dataloader_idx)
-            batch = self._call_hook(owner, name, *args)
+            if dm is not None and _dm_overridden(dm, name):
+                plan.append((dm, name))
+            elif _overridden(model, name):
+                plan.append((model, name))
+            elif name == "transfer_batch_to_device":
+                plan.append((None, name))
+        self._transfer_plan = tuple(plan) if len(plan) > 1 or plan[0][0] is not None else None
+
+    def _transfer_batch(self, batch: Any, dataloader_idx: int) -> Any:
+        """on_before_batch_transfer -> transfer_batch_to_device -> on_after_batch_transfer (Lightning's order)."""
+        device = self.strategy.root_device
+        plan = self._transfer_plan
+        if plan is None:
+            return move_data_to_device(batch, device)
+        for owner, name in plan:
+            if owner is None:
+                batch = move_data_to_device(batch, device)
+            elif name == "transfer_batch_to_device":
+                batch = self._call_hook(owner, name, batch, device, dataloader_idx)
+            else:
+                batch = self._call_hook(owner, name, batch, dataloader_idx)
         return batch
 
     def _fire_simple(self, event_type: type) -> None:
@@ -406,6 +421,9 @@ class Trainer:
         if _overridden(model, "configure_model"):
             self._call_module("configure_model")
         self.strategy.setup_module(model)
+        self._plan_transfer()
+        self._val_on = (self._val_source is not None and self.settings.limit_val_batches != 0
+                        and _overridden(model, "validation_step"))
 
     def _teardown_common(self, stage: str) -> None:
         if self.datamodule is not None:
@@ -458,8 +476,7 @@ class Trainer:
         return s.max_epochs == 0 or s.max_steps == 0 or s.limit_train_batches == 0
 
     def _val_enabled(self) -> bool:
-        return (self._val_source is not None and self.settings.limit_val_batches != 0
-                and _overridden(self.lightning_module, "validation_step"))
+        return self._val_on
 
     def _should_sanity_check(self) -> bool:
         return self._val_enabled() and self.settings.num_sanity_val_steps != 0

@@ -1,0 +1,67 @@
+"""`python -m engine ...`: show the built-in machines (`graph`) or train a tiny demo model (`demo`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main"]
+
+
+def _graph(args: argparse.Namespace) -> int:
+    from engine.loops import build_eval_machine, build_fit_machine
+
+    machine = build_fit_machine() if args.machine == "fit" else build_eval_machine()
+    render = {"mermaid": machine.to_mermaid, "dot": machine.to_dot, "text": machine.__str__}[args.format]
+    print(render())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import engine as pl
+
+    class Demo(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(10, 1)
+
+        def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+            x, y = batch
+            loss = nn.functional.mse_loss(self.linear(x), y)
+            self.log("train_loss", loss, prog_bar=True)
+            return loss
+
+        def configure_optimizers(self):  # type: ignore[no-untyped-def]
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    pl.seed_everything(args.seed)
+    x = torch.randn(512, 10)
+    y = x @ torch.randn(10, 1)
+    trainer = pl.Trainer(max_epochs=args.epochs, enable_model_summary=False)
+    trainer.fit(Demo(), DataLoader(TensorDataset(x, y), batch_size=32))
+    print(f"epochs={trainer.current_epoch} steps={trainer.global_step} "
+          f"train_loss={trainer.progress_bar_metrics['train_loss']:.4f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("graph", help="print a built-in machine")
+    g.add_argument("--machine", choices=("fit", "evaluate"), default="fit")
+    g.add_argument("--format", choices=("mermaid", "dot", "text"), default="mermaid")
+    g.set_defaults(run=_graph)
+    d = sub.add_parser("demo", help="train a tiny regression model on CPU")
+    d.add_argument("--epochs", type=int, default=3)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(run=_demo)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -125,10 +125,12 @@ class Bus:
         return decorate
 
     def attach(self, handler: object, priority: int | None = None) -> list[Subscription]:
-        """Subscribe every `on_<event>` method of `handler`, register its wrappers and providers."""
+        """Subscribe every `on_<event>` method of `handler`, register its wrappers and providers.
+
+        Everything is checked first, so a rejected handler leaves nothing registered."""
         prio = priority if priority is not None else getattr(handler, "priority", CALLBACK)
         hname = type(handler).__qualname__
-        subs: list[Subscription] = []
+        events, wraps, provides = [], [], []
         for attr in dir(type(handler)):
             if attr.startswith("on_"):
                 event_type = _METHOD_TO_EVENT.get(attr)
@@ -138,14 +140,11 @@ class Bus:
                         f"handler {hname} defines {attr}(), which matches no event"
                         + (f"; did you mean {hint[0]}()?" if hint else "; event methods are on_<snake_case event>()")
                         + " (Lightning-style hooks belong on a pl.Callback subclass)")
-                subs.append(self.subscribe(event_type, getattr(handler, attr), priority=prio,
-                                           name=f"{hname}.{attr}"))
+                events.append((event_type, attr))
             elif attr.startswith("wrap_"):
-                phase = attr[5:]
-                if phase not in PHASES:
+                if attr[5:] not in PHASES:
                     raise HandlerError(f"handler {hname} defines {attr}(); known phases: {', '.join(PHASES)}")
-                self._wraps.setdefault(phase, []).append((prio, next(self._seq), f"{hname}.{attr}",
-                                                          getattr(handler, attr)))
+                wraps.append(attr)
             elif attr.startswith("provide_"):
                 action = attr[8:]
                 if action not in ACTIONS:
@@ -154,7 +153,13 @@ class Bus:
                     raise HandlerError(
                         f"two handlers provide the action {action!r}: {self.providers[action][0]} and {hname}; "
                         "an action has a single provider, remove one of them")
-                self.providers[action] = (hname, getattr(handler, attr))
+                provides.append(attr)
+        subs = [self.subscribe(t, getattr(handler, a), priority=prio, name=f"{hname}.{a}") for t, a in events]
+        for attr in wraps:
+            self._wraps.setdefault(attr[5:], []).append((prio, next(self._seq), f"{hname}.{attr}",
+                                                         getattr(handler, attr)))
+        for attr in provides:
+            self.providers[attr[8:]] = (hname, getattr(handler, attr))
         self._attached[id(handler)] = subs
         self._rebuild()
         return subs

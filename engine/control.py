@@ -26,8 +26,9 @@ class ControlRequest:
 
 
 def _caller() -> str:
-    """Name the function that called a Control method (two frames up), e.g. `EarlyStopping.on_epoch_ended`."""
-    frame = sys._getframe(2)
+    """Name the function that called a Control method (3 frames up: _caller, _record, the method), e.g.
+    `EarlyStopping.on_epoch_ended`."""
+    frame = sys._getframe(3)
     code = frame.f_code
     return getattr(code, "co_qualname", code.co_name)
 

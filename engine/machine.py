@@ -137,6 +137,7 @@ class Machine:
         """Run from the initial state until the final state, checking every transition."""
         fns, trans, final = self.functions, self.transitions, self.final
         after, before, before_target = self._after, self._before, self._before_target
+        chain_legal = {a: trans[self._last_after(a)] for a in after}  # where an anchor may really go
         on_transition = self.on_transition
         state = self.initial
         pending: str | None = None  # where a state was going when an inserted follower took over
@@ -149,19 +150,20 @@ class Machine:
                     elif state in before_target:
                         nxt = before_target[state]
                     else:
-                        raise IllegalTransition(self.name, state, None, trans[state])
+                        raise self._illegal(state, None, trans[state])
                 else:
                     pending = None
+                guarded = before.get(nxt) if before else None
+                if guarded is None or guarded == state:
+                    guarded = nxt
                 if state in after:
-                    follower = after[state]
-                    if nxt not in trans[follower]:
-                        raise IllegalTransition(self.name, state, nxt, trans[follower])
-                    pending, nxt = nxt, follower
+                    if guarded not in chain_legal[state]:
+                        raise self._illegal(state, nxt, chain_legal[state])
+                    pending, nxt = nxt, after[state]
                 else:
-                    if nxt in before and before[nxt] != state:
-                        nxt = before[nxt]
-                    if nxt not in trans[state]:
-                        raise IllegalTransition(self.name, state, nxt, trans[state])
+                    if guarded not in trans[state]:
+                        raise self._illegal(state, nxt, trans[state])
+                    nxt = guarded
                 if on_transition is not None:
                     on_transition(state, nxt)
                 state = nxt
@@ -170,13 +172,19 @@ class Machine:
                 self.on_exception(ctx, exc)
             raise
 
+    def _illegal(self, state: str, nxt: object, legal: set[str]) -> IllegalTransition:
+        """Name what the function returned and the targets it may return (inserted guards mapped back)."""
+        shown = {self._before_target.get(t, t) for t in legal}
+        return IllegalTransition(self.name, state, nxt, shown)
+
     # -- display ------------------------------------------------------------------------------------------------
     def __str__(self) -> str:
         width = max((len(s) for s in self.transitions), default=0)
         lines = [f"Machine {self.name!r} (initial: {self.initial})"]
         for src, targets in self.transitions.items():
             fn = self.functions[src]
-            lines.append(f"  {src:<{width}} -> {' | '.join(sorted(targets))}    [{getattr(fn, '__qualname__', fn)}]")
+            label = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+            lines.append(f"  {src:<{width}} -> {' | '.join(sorted(targets))}    [{label}]")
         return "\n".join(lines)
 
     def to_mermaid(self) -> str:

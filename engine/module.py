@@ -154,6 +154,10 @@ class LightningModule(HyperparametersMixin, nn.Module):
             return
         results = trainer._results
         fx = self._current_fx_name
+        if results is None and fx is not None:
+            from engine.results import check_fx
+
+            check_fx(fx, on_step, on_epoch, name=name)  # raises, naming the hook, when it may not log
         if results is None or fx is None:
             raise MisconfigurationException(
                 f"self.log({name!r}, ...) was called outside of a hook run by the Trainer (e.g. from __init__ or "

@@ -10,7 +10,7 @@ import math
 import os
 import sys
 import warnings
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from typing import Any, Callable, Iterable
 
 import torch
@@ -27,7 +27,7 @@ from engine.loops.data import (
 )
 from engine.log import log
 from engine.loops.evaluate import EvalLoop, build_eval_machine, check_step_implemented
-from engine.loops.fit import FitLoop, build_fit_machine
+from engine.loops.fit import FitLoop, SkipStep, build_fit_machine
 from engine.machine import Machine
 from engine.module import LightningModule
 from engine.optim import LightningOptimizer, LRSchedulerConfig, parse_optimizers
@@ -162,8 +162,22 @@ class Trainer:
         return self.bus.attach(handler, priority=priority)
 
     def describe(self) -> str:
-        """The resolved handler order per event (for the current or last run), then the machine."""
-        return f"{self.bus.describe()}\n\n{self.machine}"
+        """The resolved handler order per event, then the machine. Outside a run, the callbacks (and the hooks of
+        the last model run) are attached for the moment, so the order shown is the one a run uses."""
+        if self._run_subs:
+            return f"{self.bus.describe()}\n\n{self.machine}"
+        model = self.lightning_module
+        subs: list[Subscription] = []
+        for cb in self.callbacks:
+            if isinstance(cb, Callback):
+                subs.extend(attach_callback(self.bus, cb, self, model))  # type: ignore[arg-type]
+        if model is not None:
+            subs.extend(attach_module(self.bus, model, self))
+        try:
+            return f"{self.bus.describe()}\n\n{self.machine}"
+        finally:
+            for sub in subs:
+                sub.remove()
 
     # -- entry points ---------------------------------------------------------------------------------------------
     def fit(self, model: LightningModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
@@ -523,6 +537,7 @@ class Trainer:
     # -- fit: one batch -------------------------------------------------------------------------------------------
     def _begin_train_batch(self, loop: FitLoop) -> None:
         """Advance the Timestamp, point self.log at this batch, fire BatchStarted."""
+        self.control.skip_step_requested = False  # a request from an earlier batch does not carry over
         ts = self.timestamp
         batch = loop.batch
         self.timestamp = Timestamp(ts.epoch, loop.batch_idx, ts.global_step, ts.batches_seen + 1,
@@ -533,6 +548,7 @@ class Trainer:
         hs = self.bus.table.get(ev.BatchStarted)
         if hs:
             self.bus.call(hs, ev.BatchStarted(self, self.timestamp, batch, loop.batch_idx))
+        loop.module._current_fx_name = "training_step"  # module code run by any state of this batch may self.log
 
     def _check_training_output(self, out: Any, loop: FitLoop) -> Tensor | None:
         """The loss from training_step's return (Tensor or dict with 'loss'); None skips the step."""
@@ -608,25 +624,22 @@ class Trainer:
     def _optimizer_step(self, loop: FitLoop) -> None:
         """module.optimizer_step(closure) or the plain step; count global_step; step-interval schedulers."""
         control = self.control
-        if control.skip_step_requested:
+        if control.skip_step_requested:  # asked for before the step began (e.g. in on_after_backward)
             control.skip_step_requested = False
             return
         loop._closure_calls = 0
         optimizer = loop.optimizer
-        wraps = self.bus.wrappers.get("optimizer_step")
-        ctx: Any = nullcontext()
-        if wraps:
-            from contextlib import ExitStack
-
-            ctx = ExitStack()
-            for w in wraps:
-                ctx.enter_context(w())
-        with ctx:
-            if self._optimizer_step_overridden:
-                lopt = self._lightning_optimizers[0] if self._lightning_optimizers else optimizer
-                self._call_module("optimizer_step", self.current_epoch, loop.batch_idx, lopt, loop.closure)
-            else:
-                self._auto_step(optimizer, loop.closure)
+        ctx = _wrapped(self.bus.wrappers.get("optimizer_step"))
+        try:
+            with ctx:
+                if self._optimizer_step_overridden:
+                    lopt = self._lightning_optimizers[0] if self._lightning_optimizers else optimizer
+                    self._call_module("optimizer_step", self.current_epoch, loop.batch_idx, lopt, loop.closure)
+                else:
+                    self._auto_step(optimizer, loop.closure)
+        except SkipStep:
+            control.skip_step_requested = False
+            return
         if loop._closure_calls == 0:
             raise MisconfigurationException(
                 f"{type(loop.module).__name__}.optimizer_step did not call the optimizer closure; call "
@@ -646,10 +659,11 @@ class Trainer:
         if hs:
             self.bus.call(hs, ev.BeforeBackward(self, self.timestamp, loss))
         provider = self.bus.providers.get("backward")
-        if provider is not None:
-            provider[1](loss, *args, **kwargs)
-        else:
-            self._call_module("backward", loss, *args, **kwargs)
+        with _wrapped(self.bus.wrappers.get("backward")):
+            if provider is not None:
+                provider[1](loss, *args, **kwargs)
+            else:
+                self._call_module("backward", loss, *args, **kwargs)
         hs = self.bus.table.get(ev.AfterBackward)
         if hs:
             self.bus.call(hs, ev.AfterBackward(self, self.timestamp))
@@ -664,10 +678,11 @@ class Trainer:
             return result
 
         provider = self.bus.providers.get("optimizer_step")
-        if provider is not None:
-            result = provider[1](optimizer, wrapped, **kwargs)
-        else:
-            result = optimizer.step(closure=wrapped, **kwargs)
+        with _wrapped(self.bus.wrappers.get("optimizer_step")):
+            if provider is not None:
+                result = provider[1](optimizer, wrapped, **kwargs)
+            else:
+                result = optimizer.step(closure=wrapped, **kwargs)
         ts = self.timestamp
         self.timestamp = ts._replace(global_step=ts.global_step + 1)
         hs = self.bus.table.get(ev.OptimizerStepped)
@@ -1060,6 +1075,16 @@ class Trainer:
 
     def save_checkpoint(self, filepath: str, weights_only: bool | None = None, storage_options: Any = None) -> None:
         raise NotImplementedError("trainer.save_checkpoint: checkpointing is not available in statetrain yet")
+
+
+def _wrapped(wraps: tuple | None) -> Any:
+    """The phase wrappers of a handler entered in order (a no-op context when there are none)."""
+    if not wraps:
+        return nullcontext()
+    stack = ExitStack()
+    for w in wraps:
+        stack.enter_context(w())
+    return stack
 
 
 def _overridden(obj: Any, name: str) -> bool:

@@ -36,9 +36,13 @@ from engine.machine import DONE, Machine
 if TYPE_CHECKING:  # pragma: no cover
     from engine.trainer import Trainer
 
-__all__ = ["FitLoop", "build_fit_machine", "FIT_STATES"]
+__all__ = ["FitLoop", "SkipStep", "build_fit_machine", "FIT_STATES"]
 
 FIT_STATES = ("setup", "epoch_start", "batch", "backward", "optimizer_step", "validation", "epoch_end", "teardown")
+
+
+class SkipStep(Exception):
+    """Raised from the optimizer closure to abandon the current optimizer step (control.skip_step)."""
 
 
 class FitLoop:
@@ -95,6 +99,24 @@ class FitLoop:
                     self.is_last_batch = True
         self.batch = t._transfer_batch(batch, 0)
         return True
+
+    def begin_batch(self) -> bool:
+        """Fetch the next batch and fire BatchStarted (Timestamp advanced, `self.log` pointed at it);
+        False when the epoch is over (data exhausted, limit reached, or skip_epoch requested)."""
+        t = self.trainer
+        if t.control.skip_epoch_requested or not self.fetch():
+            return False
+        t._begin_train_batch(self)
+        return not t.control.skip_epoch_requested
+
+    def call_step(self, name: str = "training_step", *args: Any) -> Any:
+        """Call the module's method `name` with (batch, batch_idx) (or `args`) in training_step's `self.log`
+        context, e.g. `loop.call_step("discriminator_step")` in a custom GAN state."""
+        module = self.module
+        module._current_fx_name = "training_step"
+        if not args:
+            args = (self.batch, self.batch_idx)
+        return getattr(module, name)(*args)
 
     def training_step(self) -> Any:
         """Run the module's training_step on `self.batch`; returns what it returned."""
@@ -155,7 +177,10 @@ class FitLoop:
                 self.zero_grad(self.optimizer)
                 self.backward(loss)
             self.loss = loss
-        self.trainer._before_optimizer_step(self.optimizer)
+        t = self.trainer
+        t._before_optimizer_step(self.optimizer)
+        if t.control.skip_step_requested:  # asked for while gradients were final: abort the step before it updates
+            raise SkipStep
         return None if self.loss is None else self.loss.detach()
 
     def finish_batch(self) -> str:
@@ -187,10 +212,11 @@ def setup(loop: FitLoop) -> str:
     """Module and optimizers ready, FitStarted fired; sanity check next if validation is on."""
     t = loop.trainer
     t._setup_fit(loop)
-    if t._fit_skipped():
-        return "teardown"
     if t._should_sanity_check():
         return "validation"
+    loop.sanity_done = True
+    if t._fit_skipped():
+        return "teardown"
     return "epoch_start"
 
 
@@ -219,10 +245,7 @@ def epoch_start(loop: FitLoop) -> str:
 def batch(loop: FitLoop) -> str:
     """Fetch and move a batch, BatchStarted, training_step; an exhausted epoch goes to epoch_end."""
     t = loop.trainer
-    if t.control.skip_epoch_requested or not loop.fetch():
-        return "epoch_end"
-    t._begin_train_batch(loop)
-    if t.control.skip_epoch_requested:  # on_train_batch_start returned -1
+    if not loop.begin_batch():  # data exhausted, or on_train_batch_start returned -1
         return "epoch_end"
     out = loop.training_step()
     if not t._automatic:

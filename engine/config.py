@@ -349,7 +349,7 @@ class TrainerConfig(BaseModel):
         """Build and validate from `Trainer(**kwargs)`; raises MisconfigurationException (a ValueError) on bad input."""
         for name, value in kwargs.items():
             if name not in cls.model_fields:
-                raise MisconfigurationException(_unknown_flag_message(name, value))
+                raise FlagTypeError(_unknown_flag_message(name, value))  # a TypeError too, as Python would raise
         try:
             return cls.model_validate(kwargs)
         except ValidationError as exc:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["MisconfigurationException", "IllegalTransition", "HandlerError"]
+__all__ = ["MisconfigurationException", "IllegalTransition", "HandlerError", "OptimizationConfigError"]
 
 
 class MisconfigurationException(ValueError):
     """Bad configuration or bad user-code output, detected before or during a run (Lightning's name)."""
+
+
+class OptimizationConfigError(MisconfigurationException, RuntimeError):
+    """configure_optimizers returned something the optimization mode cannot run (Lightning raises RuntimeError)."""
 
 
 class IllegalTransition(RuntimeError):

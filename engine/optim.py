@@ -13,7 +13,7 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau
 
-from engine.errors import MisconfigurationException
+from engine.errors import MisconfigurationException, OptimizationConfigError
 
 __all__ = ["LRSchedulerConfig", "LightningOptimizer", "parse_optimizers"]
 
@@ -66,7 +66,7 @@ def parse_optimizers(
         _to_config(raw, fallback_monitor, automatic_optimization, returned) for raw, fallback_monitor in raw_schedulers
     ]
     if automatic_optimization and len(optimizers) > 1:
-        raise MisconfigurationException(
+        raise OptimizationConfigError(
             f"`configure_optimizers` returned {len(optimizers)} optimizers, but automatic optimization supports "
             "exactly one. Set `self.automatic_optimization = False` in your LightningModule's `__init__` and step "
             "them yourself in `training_step` with `opt1, opt2 = self.optimizers()`."

@@ -6,7 +6,7 @@ each state fires (callbacks first, then the module's hook):
     setup:          configure_callbacks, prepare_data, Setup, configure_model, configure_optimizers, FitStarted,
                     zero_grad                                  -> validation (sanity) | epoch_start | teardown
     epoch_start:    [first: train_dataloader, TrainStarted] set_epoch, EpochStarted, iter(loader)
-                                                               -> batch | epoch_end
+                                                               -> batch | epoch_end | teardown
     batch:          next(loader), transfer hooks, BatchStarted, training_step
                                                                -> backward | batch | validation | epoch_end | teardown
     backward:       BeforeZeroGrad, optimizer_zero_grad, BeforeBackward, backward, AfterBackward
@@ -104,7 +104,9 @@ class FitLoop:
         """Fetch the next batch and fire BatchStarted (Timestamp advanced, `self.log` pointed at it);
         False when the epoch is over (data exhausted, limit reached, or skip_epoch requested)."""
         t = self.trainer
-        if t.control.skip_epoch_requested or not self.fetch():
+        if t.control.skip_epoch_requested or (t.should_stop and t._can_stop_early(t.current_epoch)):
+            return False
+        if not self.fetch():
             return False
         t._begin_train_batch(self)
         return not t.control.skip_epoch_requested
@@ -229,7 +231,9 @@ def epoch_start(loop: FitLoop) -> str:
         t._load_train_dataloader(loop)
         loop.train_started = True
         t._fire_simple(ev.TrainStarted)
-    elif t._should_reload_train(loop):
+    if t._training_done(mid_epoch=False):  # e.g. should_stop set in on_train_start
+        return "teardown"
+    if t._should_reload_train(loop):
         t._load_train_dataloader(loop)
     loop.batch_idx = 0
     loop.is_last_batch = False
@@ -301,7 +305,7 @@ def build_fit_machine() -> Machine:
     """The fit machine with exactly the user's eight states (see the module docstring)."""
     m = Machine("fit", initial="setup")
     m.add_state("setup", setup, to={"epoch_start", "validation", "teardown"})
-    m.add_state("epoch_start", epoch_start, to={"batch", "epoch_end"})
+    m.add_state("epoch_start", epoch_start, to={"batch", "epoch_end", "teardown"})
     m.add_state("batch", batch, to={"backward", "batch", "validation", "epoch_end", "teardown"})
     m.add_state("backward", backward, to={"optimizer_step", "batch"})
     m.add_state("optimizer_step", optimizer_step, to={"batch", "validation", "epoch_end", "teardown"})

@@ -221,9 +221,7 @@ def _is_off(value: Any) -> bool:
 # Flags accepted and validated now whose feature lands in a later issue: flag -> (is the feature requested?, feature).
 # The default value of each flag leaves the feature off. Delete an entry when its feature lands.
 _NOT_YET: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "logger": (lambda v: not _is_off(v), "logging to loggers (TensorBoard/CSV/...)"),
     "enable_checkpointing": (lambda v: v is True, "automatic checkpointing (ModelCheckpoint)"),
-    "enable_progress_bar": (lambda v: v is True, "the progress bar"),
     "strategy": (
         lambda v: not (isinstance(v, str) and v in ("auto", "single_device")),
         "strategies other than 'auto'/'single_device'",
@@ -234,10 +232,9 @@ _NOT_YET: dict[str, tuple[Callable[[Any], bool], str]] = {
     "accumulate_grad_batches": (lambda v: v != 1, "gradient accumulation"),
     "gradient_clip_val": (lambda v: v not in (None, 0), "gradient clipping"),
     "gradient_clip_algorithm": (lambda v: v is not None, "gradient clipping"),
-    "profiler": (lambda v: v is not None, "profiling"),
+    "profiler": (lambda v: isinstance(v, str) and v in ("advanced", "xla"), "the 'advanced' and 'xla' profilers"),
     "plugins": (lambda v: not _is_off(v), "plugins (Precision/CheckpointIO/ClusterEnvironment/LayerSync)"),
     "sync_batchnorm": (lambda v: v is True, "synchronised batch norm"),
-    "max_time": (lambda v: v is not None, "the max_time limit (Timer)"),
     "val_check_interval": (_is_time_based, "time-based validation intervals"),
     "model_registry": (lambda v: v is not None, "the model registry"),
 }
@@ -283,6 +280,10 @@ class RunSettings:
     use_distributed_sampler: bool
     enable_autolog_hparams: bool
     callbacks: list[Any]
+    logger: Any = None
+    enable_progress_bar: bool = False
+    profiler: Any = None
+    log_format: str | None = None
 
 
 # -------------------------------------------------------------------------------------------------------- the model
@@ -342,6 +343,8 @@ class TrainerConfig(BaseModel):
     enable_autolog_hparams: bool = True
     model_registry: str | None = None
     suggest_integrations: bool = True
+    # statetrain extension: framework messages as 'console' text or 'json' lines ('auto'/None: $STATETRAIN_LOG_FORMAT)
+    log_format: str | None = None
 
     # ------------------------------------------------------------------------------------------ public API
     @classmethod
@@ -452,6 +455,11 @@ class TrainerConfig(BaseModel):
             use_distributed_sampler=self.use_distributed_sampler,
             enable_autolog_hparams=self.enable_autolog_hparams,
             callbacks=callbacks,
+            logger=False if self.barebones else (True if self.logger is None else self.logger),
+            enable_progress_bar=False if self.barebones else (
+                True if self.enable_progress_bar is None else self.enable_progress_bar),
+            profiler=self.profiler,
+            log_format=self.log_format,
         )
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -701,6 +709,13 @@ class TrainerConfig(BaseModel):
         if value is None or isinstance(value, bool) or value == "warn":
             return value
         _fail("deterministic", value, "True, False, 'warn' or None", wrong_type=not isinstance(value, str))
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _v_log_format(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and value in ("auto", "console", "json")):
+            return value
+        _fail("log_format", value, "None, 'auto', 'console' or 'json'", wrong_type=not isinstance(value, str))
 
     @field_validator("profiler", mode="before")
     @classmethod

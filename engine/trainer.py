@@ -97,8 +97,11 @@ class Trainer:
         self.state = RunStatus()
         self.machine: Machine = build_fit_machine()
         self.eval_machine: Machine = build_eval_machine()
+        _configure_messages(s.log_format)
         self.callbacks: list[Any] = list(s.callbacks)
         self._default_callbacks()
+        self.loggers: list[Any] = self._build_loggers(s.logger)
+        self.profiler: Any = self._build_profiler(s.profiler)
         self._metrics = LoggedMetrics()
         self._results: ResultCollection | None = None
         self._train_results = ResultCollection(training=True)
@@ -108,7 +111,6 @@ class Trainer:
         self.optimizers: list[torch.optim.Optimizer] = []
         self.lr_scheduler_configs: list[LRSchedulerConfig] = []
         self._lightning_optimizers: list[LightningOptimizer] = []
-        self.loggers: list[Any] = []
         self.train_dataloader: Any = None
         self.val_dataloaders: Any = None
         self.test_dataloaders: Any = None
@@ -129,6 +131,7 @@ class Trainer:
         self._train_source: Callable[[], Any] | None = None
         self._train_sized = True
         self._batches_stepped = 0
+        self._eval_steps: dict[tuple[str, int], int] = {}
         self._lr: LRSchedulerStepper | None = None
         self._barebones_warned = False
         self.sanity_checking = False
@@ -143,11 +146,61 @@ class Trainer:
             torch.backends.cudnn.benchmark = s.benchmark
 
     def _default_callbacks(self) -> None:
-        """Lightning appends its default callbacks after the user's."""
-        if self.settings.enable_model_summary and not any(_is_summary(c) for c in self.callbacks):
+        """Lightning appends its default callbacks after the user's: Timer (max_time), progress bar, model summary."""
+        s = self.settings
+        if s.max_time_seconds is not None:
+            from hooks.timer import Timer
+
+            self.callbacks = [c for c in self.callbacks if type(c).__name__ != "Timer"]
+            self.callbacks.append(Timer(duration=self.config.max_time, interval="step"))
+        bars = [c for c in self.callbacks if _is_progress_bar(c)]
+        if not s.enable_progress_bar and bars:
+            raise MisconfigurationException(
+                f"Trainer(enable_progress_bar=False) but callbacks contains {type(bars[0]).__name__}; remove it or "
+                "set enable_progress_bar=True")
+        if s.enable_progress_bar and not bars:
+            try:  # TEMP-GUARD while hooks/progress.py is being written
+                from hooks.progress import TQDMProgressBar
+            except ImportError:
+                TQDMProgressBar = None
+            if TQDMProgressBar is not None:
+                self.callbacks.append(TQDMProgressBar())
+        if s.enable_model_summary and not any(_is_summary(c) for c in self.callbacks):
             from hooks.model_summary import ModelSummary
 
             self.callbacks.append(ModelSummary())
+
+    def _build_loggers(self, flag: Any) -> list[Any]:
+        """logger=True/None: TensorBoard at default_root_dir (CSV without tensorboardX); False: none; else as given.
+        No logger under fast_dev_run, as in Lightning."""
+        if flag is False or self.settings.fast_dev_run:
+            return []
+        if flag is True:
+            try:
+                import tensorboardX  # noqa: F401
+            except ImportError:
+                from hooks.csv_logger import CSVLogger
+
+                return [CSVLogger(save_dir=self.settings.default_root_dir)]
+            try:  # TEMP-GUARD while hooks/tensorboard.py is being written
+                from hooks.tensorboard import TensorBoardLogger
+            except ImportError:
+                return []
+            return [TensorBoardLogger(save_dir=self.settings.default_root_dir)]
+        return list(flag) if isinstance(flag, (list, tuple)) else [flag]
+
+    def _build_profiler(self, flag: Any) -> Any:
+        if flag is None:
+            return None
+        if flag == "simple":
+            from hooks.profiler import SimpleProfiler
+
+            return SimpleProfiler()
+        if flag == "pytorch":
+            from hooks.profiler import PyTorchProfiler
+
+            return PyTorchProfiler()
+        return flag
 
     # -- handlers -------------------------------------------------------------------------------------------------
     def on(self, event_type: type, *, every: int | None = None, once: int | None = None,
@@ -319,19 +372,27 @@ class Trainer:
         self.control.history = []
         self._metrics.reset()
         anomaly = torch.autograd.set_detect_anomaly(True) if self.settings.detect_anomaly else nullcontext()
+        profiler = self.profiler
+        if profiler is not None:
+            profiler.attach(self)
         try:
             with anomaly:
                 body()
             self.state.status = "finished"
+            self._finalize_loggers("success")
         except BaseException as exc:
             self.state.status = "interrupted"
             self._on_exception(exc)
             raise
         finally:
+            if profiler is not None:
+                profiler.detach(self)
+                if self.is_global_zero:
+                    profiler.describe()
             for sub in self._run_subs:
                 sub.remove()
             self._run_subs = []
-            model._current_fx_name = None
+            model.__dict__["_current_fx_name"] = None
             self._results = None
             self.state.stage = None
             self.sanity_checking = False
@@ -344,6 +405,65 @@ class Trainer:
         if self.datamodule is not None:
             self.datamodule.on_exception(exc)
         self.strategy.teardown()
+        self._finalize_loggers("failed", raise_strict=False)
+
+    def _finalize_loggers(self, status: str, raise_strict: bool = True) -> None:
+        """finalize(status) on every logger; a strict logger that failed to write turns the run into an error."""
+        failed = []
+        for lg in self.loggers:
+            lg.finalize(status)
+            if getattr(lg, "strict", False) and getattr(lg, "error", None) is not None:
+                failed.append(lg)
+        if failed and raise_strict:
+            from hooks.logger import LoggerError
+
+            raise LoggerError(
+                "; ".join(f"{type(lg).__name__} could not write to {getattr(lg, 'log_dir', '?')}: {lg.error}"
+                          for lg in failed) + " (strict=True: the run is marked failed)")
+
+    # -- logging to loggers -------------------------------------------------------------------------------------
+    @property
+    def batches_stepped(self) -> int:
+        """Training batches that stepped the optimizer so far: the x-axis of logger writes (Lightning's)."""
+        return self._batches_stepped
+
+    @property
+    def should_update_logs(self) -> bool:
+        """Whether this training batch's step metrics go to the loggers (every log_every_n_steps, or stopping)."""
+        return self._should_update_logs()
+
+    def log_metrics(self, metrics: Any, step: int | None = None) -> None:
+        """Send metrics to every logger: tensors become floats with one host sync; step defaults to
+        batches_stepped (with an 'epoch' entry added), or a 'step' entry in `metrics` is used as the step."""
+        if not self.loggers or not metrics:
+            return
+        metrics = dict(metrics)
+        if step is None:
+            if "step" in metrics:
+                step = int(_to_floats({"step": metrics.pop("step")})["step"])
+            else:
+                metrics.setdefault("epoch", self.current_epoch)
+                step = self._batches_stepped
+        floats = _to_floats(metrics)
+        for lg in self.loggers:
+            lg.log_metrics(floats, step)
+            lg.save()
+
+    def _log_hyperparams(self) -> None:
+        """Hyperparameters from save_hyperparameters() (module and datamodule) and the Trainer config."""
+        if not self.loggers or not self.settings.enable_autolog_hparams:
+            return
+        params: dict[str, Any] = {}
+        model, dm = self.lightning_module, self.datamodule
+        for owner in (dm, model):
+            if owner is not None and getattr(owner, "_log_hyperparams", False):
+                params.update(owner.hparams_initial)
+        params["trainer"] = self.config.to_json_dict()
+        for lg in self.loggers:
+            lg.log_hyperparams(params)
+            if getattr(lg, "_log_graph", False) and model is not None:
+                lg.log_graph(model)
+            lg.save()
 
     def _attach_run_handlers(self, model: LightningModule) -> None:
         """Callbacks (in list order) then the module's overridden hooks; detached when the run ends."""
@@ -372,12 +492,12 @@ class Trainer:
         module = self.lightning_module
         prev = module._current_fx_name if module is not None else None
         if module is not None:
-            module._current_fx_name = name
+            module.__dict__["_current_fx_name"] = name
         try:
             return getattr(owner, name)(*args, **kwargs)
         finally:
             if module is not None:
-                module._current_fx_name = prev
+                module.__dict__["_current_fx_name"] = prev
 
     def _call_module(self, name: str, *args: Any, **kwargs: Any) -> Any:
         return self._call_hook(self.lightning_module, name, *args, **kwargs)
@@ -461,6 +581,7 @@ class Trainer:
         self._setup_common("fit")
         self._setup_optimizers(model)
         self._fire_simple(ev.FitStarted)
+        self._log_hyperparams()
         self._call_module("zero_grad")
 
     def _setup_optimizers(self, model: LightningModule) -> None:
@@ -548,7 +669,7 @@ class Trainer:
         hs = self.bus.table.get(ev.BatchStarted)
         if hs:
             self.bus.call(hs, ev.BatchStarted(self, self.timestamp, batch, loop.batch_idx))
-        loop.module._current_fx_name = "training_step"  # module code run by any state of this batch may self.log
+        loop.module.__dict__["_current_fx_name"] = "training_step"  # module code run by any state of this batch may self.log
 
     def _check_training_output(self, out: Any, loop: FitLoop) -> Tensor | None:
         """The loss from training_step's return (Tensor or dict with 'loss'); None skips the step."""
@@ -645,8 +766,7 @@ class Trainer:
                 f"{type(loop.module).__name__}.optimizer_step did not call the optimizer closure; call "
                 "`optimizer.step(closure=optimizer_closure)` (or `optimizer_closure()`) inside it")
         ts = self.timestamp
-        self.timestamp = ts._replace(global_step=ts.global_step + 1)
-        self._batches_stepped += 1
+        self.timestamp = Timestamp(ts.epoch, ts.batch_in_epoch, ts.global_step + 1, ts.batches_seen, ts.samples_seen)
         hs = self.bus.table.get(ev.OptimizerStepped)
         if hs:
             self.bus.call(hs, ev.OptimizerStepped(self, self.timestamp, optimizer))
@@ -693,7 +813,9 @@ class Trainer:
     def _after_train_batch(self, loop: FitLoop) -> None:
         """Step metrics into callback/progress-bar dicts (and loggers at log_every_n_steps)."""
         write = bool(self.loggers) and self._should_update_logs()
-        self._metrics.update_step(self._train_results, write_logs=write)
+        out = self._metrics.update_step(self._train_results, write_logs=write)
+        if out:
+            self.log_metrics(out)
         self._train_results.batch_end()
 
     def _should_update_logs(self) -> bool:
@@ -711,7 +833,7 @@ class Trainer:
         if self.control.validate_requested:
             self.control.validate_requested = False
             return self._val_enabled()
-        if not self._val_enabled():
+        if not self._val_on:
             return False
         n = self.settings.check_val_every_n_epoch
         if n is not None and (self.current_epoch + 1) % n != 0:
@@ -724,8 +846,10 @@ class Trainer:
         return current % self.val_check_batch == 0
 
     def _after_batch_validation(self, loop: FitLoop) -> None:
+        """The batch is over, including any validation it triggered: plateau step schedulers, then count it."""
         if self._lr is not None:
             self._lr.after_batch(loop.batch_idx - 1)
+        self._batches_stepped += 1
 
     def _training_done(self, mid_epoch: bool) -> bool:
         """max_steps, max_epochs (at epoch end), or a stop request once min_epochs/min_steps are met."""
@@ -803,7 +927,9 @@ class Trainer:
         hs = self.bus.table.get(ev.EpochEnded)
         if hs:
             self.bus.call(hs, ev.EpochEnded(self, self.timestamp))
-        self._metrics.update_epoch(results, write_logs=bool(self.loggers))
+        out = self._metrics.update_epoch(results, write_logs=bool(self.loggers))
+        if out:  # Lightning writes train epoch metrics at the step of the epoch's last batch
+            self.log_metrics({**out, "epoch": self.current_epoch}, step=max(self._batches_stepped - 1, 0))
         results.reset()
         if self._lr is not None:
             self._lr.after_epoch()
@@ -823,6 +949,8 @@ class Trainer:
     def _run_eval_stage(self, stage: str, return_predictions: bool) -> Any:
         self.timestamp = Timestamp(epoch=self.timestamp.epoch, global_step=self.timestamp.global_step)
         self._setup_common(stage)
+        if stage != "predict":
+            self._log_hyperparams()
         self._call_module("zero_grad")
         assert self._eval_source is not None
         loaders = [maybe_seed_workers(dl, self) for dl in as_loader_list(self._eval_source(), f"{stage} dataloaders")]
@@ -837,16 +965,23 @@ class Trainer:
         self._teardown_common(stage)
         return out
 
-    def _after_eval_batch(self, results: ResultCollection, stage: str) -> None:
+    def _after_eval_batch(self, results: ResultCollection, stage: str, dataloader_idx: int = 0) -> None:
+        """Eval step metrics go to loggers at every batch, x-axis = batches seen by that dataloader (Lightning)."""
         write = bool(self.loggers) and stage != Stage.SANITY_CHECK
-        self._metrics.update_step(results, write_logs=write)
+        out = self._metrics.update_step(results, write_logs=write)
+        if out:
+            key = (stage, dataloader_idx)
+            self._eval_steps[key] = self._eval_steps.get(key, 0) + 1
+            self.log_metrics(out, step=self._eval_steps[key] - 1)
         results.batch_end()
 
     def _after_eval_epoch(self, results: ResultCollection, stage: str, num_dataloaders: int) -> list[dict[str, float]]:
         """Eval epoch metrics into callback_metrics (not during the sanity check); per-dataloader result dicts."""
         if stage == Stage.SANITY_CHECK:
             return []
-        self._metrics.update_epoch(results, write_logs=bool(self.loggers))
+        out = self._metrics.update_epoch(results, write_logs=bool(self.loggers))
+        if out:
+            self.log_metrics(out)
         return [{k: (v.item() if isinstance(v, Tensor) else float(v)) for k, v in d.items()}  # host sync, once
                 for d in results.dataloader_outputs(num_dataloaders)]
 
@@ -973,8 +1108,12 @@ class Trainer:
         return self.settings.default_root_dir
 
     @property
-    def log_dir(self) -> str | None:
-        return None if not self.loggers else getattr(self.loggers[0], "log_dir", None)
+    def log_dir(self) -> str:
+        """The first logger's log_dir (its save_dir for other logger types), else default_root_dir."""
+        if not self.loggers:
+            return self.default_root_dir
+        lg = self.loggers[0]
+        return getattr(lg, "log_dir", None) or getattr(lg, "save_dir", None) or self.default_root_dir
 
     @property
     def logger(self) -> Any:
@@ -1093,6 +1232,32 @@ def _overridden(obj: Any, name: str) -> bool:
 
 def _dm_overridden(dm: Any, name: str) -> bool:
     return getattr(type(dm), name, None) is not getattr(LightningDataModule, name, None)
+
+
+def _is_progress_bar(cb: Any) -> bool:
+    return any(k.__name__ in ("TQDMProgressBar", "ProgressBar", "RichProgressBar") for k in type(cb).__mro__)
+
+
+def _to_floats(metrics: dict[str, Any]) -> dict[str, float]:
+    """Tensors to Python numbers with one host sync for all of them (the loggers' write points only)."""
+    tensors = [k for k, v in metrics.items() if isinstance(v, Tensor)]
+    out = {k: v for k, v in metrics.items() if not isinstance(v, Tensor)}
+    if tensors:
+        items = [metrics[k].detach().reshape(()).double() for k in tensors]
+        try:
+            values = torch.stack(items).tolist()  # one host sync
+        except RuntimeError:  # tensors on different devices
+            values = [t.item() for t in items]
+        out.update(zip(tensors, values))
+    return {k: out[k] for k in metrics}
+
+
+def _configure_messages(log_format: str | None) -> None:
+    from engine import log as messages
+
+    configure = getattr(messages, "configure", None)
+    if configure is not None:
+        configure(log_format=log_format)
 
 
 def _is_summary(cb: Any) -> bool:

@@ -152,3 +152,9 @@ def _restore_torch_globals():
     torch.use_deterministic_algorithms(det, warn_only=det_warn)
     torch.autograd.set_detect_anomaly(anomaly)
     torch.set_rng_state(rng)
+
+
+@pytest.fixture(autouse=True)
+def _run_in_tmp_dir(tmp_path, monkeypatch):
+    """Every test runs in its own empty directory: default loggers write under default_root_dir = cwd."""
+    monkeypatch.chdir(tmp_path)

@@ -133,7 +133,7 @@ class EvalLoop:
         if self.num_dataloaders > 1:
             args = args + (dl_idx,)
         module = self.module
-        module._current_fx_name = spec.step
+        module.__dict__["_current_fx_name"] = spec.step
         wraps = t.bus.wrappers.get("eval_forward")
         if wraps:
             from contextlib import ExitStack
@@ -150,7 +150,7 @@ class EvalLoop:
         if hs:
             t.bus.call(hs, spec.batch_ended(t, t.timestamp, out, batch, batch_idx, dl_idx, self.num_dataloaders))
         if self.stage != "predict":
-            t._after_eval_batch(self.results, self.stage)
+            t._after_eval_batch(self.results, self.stage, dl_idx)
         self.batch_idx = batch_idx + 1
         return "eval_batch"
 

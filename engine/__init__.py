@@ -17,12 +17,23 @@ from engine.seed import seed_everything
 from engine.state import Timestamp
 from engine.trainer import Trainer
 from hooks.callback import Callback
-from hooks.model_summary import ModelSummary
 
 __version__ = "0.1.0"
 
+# Handlers re-exported for `pl.EarlyStopping`-style access; loaded on first use to keep `import engine` light.
+_HANDLERS = ("ModelSummary", "TensorBoardLogger", "CSVLogger", "Logger", "TQDMProgressBar", "LearningRateMonitor",
+             "Timer", "ThroughputMonitor", "SimpleProfiler", "PyTorchProfiler")
+
 __all__ = [
     "Trainer", "LightningModule", "LightningDataModule", "Callback", "seed_everything", "Machine", "Bus",
-    "Subscription", "Control", "Timestamp", "AttributeDict", "ModelSummary", "MisconfigurationException",
-    "IllegalTransition", "HandlerError", *_events_all,
+    "Subscription", "Control", "Timestamp", "AttributeDict", "MisconfigurationException",
+    "IllegalTransition", "HandlerError", *_HANDLERS, *_events_all,
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name in _HANDLERS:
+        import hooks
+
+        return getattr(hooks, name)
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")

@@ -100,6 +100,7 @@ class Bus:
         self.wrappers: dict[str, tuple[Callable[[], AbstractContextManager], ...]] = {}
         self.providers: dict[str, tuple[str, Callable]] = {}
         self._attached: dict[int, list[Subscription]] = {}
+        self.instrumentation: Callable[[type, str, Callable], Callable] | None = None
 
     # -- subscription -------------------------------------------------------------------------------------------
     def subscribe(self, event_type: type, fn: Callable[[Any], None], *, priority: int = CALLBACK,
@@ -191,9 +192,20 @@ class Bus:
         for t in types:
             subs = [s for s in ordered if issubclass(t, s.event_type)]
             if subs:
-                self.table[t] = tuple(s.target for s in subs)
+                if self.instrumentation is None:
+                    self.table[t] = tuple(s.target for s in subs)
+                else:
+                    wrap = self.instrumentation
+                    self.table[t] = tuple(wrap(t, s.name, s.target) for s in subs)
                 self._names[t] = tuple(s.name for s in subs)
         self.wrappers = {p: tuple(w[3] for w in sorted(items)) for p, items in self._wraps.items() if items}
+
+    def instrument(self, factory: Callable[[type, str, Callable], Callable] | None) -> None:
+        """Wrap every dispatch target as `factory(event_type, name, fn)` (profilers), or unwrap with None.
+
+        The tables are rebuilt now and on every later change; without a factory they hold the plain callables."""
+        self.instrumentation = factory
+        self._rebuild()
 
     # -- dispatch -----------------------------------------------------------------------------------------------
     def fire(self, event: Event) -> None:

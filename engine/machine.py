@@ -46,6 +46,7 @@ class Machine:
         self._before_target: dict[str, str] = {}  # inserted state -> the state it runs before
         self.on_transition: Callable[[str, str], None] | None = None
         self.on_exception: Callable[[Any, BaseException], None] | None = None
+        self.instrumentation: Callable[[str, StateFn], StateFn] | None = None
 
     # -- building -----------------------------------------------------------------------------------------------
     def add_state(self, name: str, fn: StateFn, to: Iterable[str] = ()) -> "Machine":
@@ -112,6 +113,7 @@ class Machine:
         m.transitions = {k: set(v) for k, v in self.transitions.items()}
         m._after, m._before, m._before_target = dict(self._after), dict(self._before), dict(self._before_target)
         m.on_transition, m.on_exception = self.on_transition, self.on_exception
+        m.instrumentation = self.instrumentation
         return m
 
     def validate(self) -> None:
@@ -132,10 +134,17 @@ class Machine:
         if unreachable:
             raise ValueError(f"machine {self.name!r}: unreachable state(s) {sorted(unreachable)}")
 
+    def instrument(self, factory: Callable[[str, StateFn], StateFn] | None) -> None:
+        """Run each state's function as `factory(state, fn)` from the next `run` on (profilers); None removes it."""
+        self.instrumentation = factory
+
     # -- running ------------------------------------------------------------------------------------------------
     def run(self, ctx: Any) -> None:
         """Run from the initial state until the final state, checking every transition."""
         fns, trans, final = self.functions, self.transitions, self.final
+        if self.instrumentation is not None:
+            wrap = self.instrumentation
+            fns = {name: wrap(name, fn) for name, fn in fns.items()}
         after, before, before_target = self._after, self._before, self._before_target
         chain_legal = {a: trans[self._last_after(a)] for a in after}  # where an anchor may really go
         on_transition = self.on_transition

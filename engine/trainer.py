@@ -92,12 +92,13 @@ class Trainer:
         self.strategy = SingleDeviceStrategy(resolve_device(s.accelerator, s.devices))
         self._set_torch_flags()
         self.bus = Bus()
-        self.timestamp = Timestamp()
+        # the run's counters; `timestamp` builds the immutable Timestamp from them when someone asks (events)
+        self._epoch = self._batch_in_epoch = self._global_step = self._batches_seen = self._samples_seen = 0
         self.control = Control(lambda: self.timestamp)
         self.state = RunStatus()
         self.machine: Machine = build_fit_machine()
         self.eval_machine: Machine = build_eval_machine()
-        _configure_messages(s.log_format)
+        _configure_messages(s.log_format, self.strategy.global_rank)
         self.callbacks: list[Any] = list(s.callbacks)
         self._default_callbacks()
         self.loggers: list[Any] = self._build_loggers(s.logger)
@@ -148,23 +149,27 @@ class Trainer:
     def _default_callbacks(self) -> None:
         """Lightning appends its default callbacks after the user's: Timer (max_time), progress bar, model summary."""
         s = self.settings
+        timers = [c for c in self.callbacks if type(c).__name__ == "Timer"]
         if s.max_time_seconds is not None:
-            from hooks.timer import Timer
+            if timers:
+                log.info("Ignoring `Trainer(max_time=...)`, callbacks list already contains a Timer.")
+            else:
+                from hooks.timer import Timer
 
-            self.callbacks = [c for c in self.callbacks if type(c).__name__ != "Timer"]
-            self.callbacks.append(Timer(duration=self.config.max_time, interval="step"))
+                timers = [Timer(duration=self.config.max_time, interval="step")]
+                self.callbacks.append(timers[0])
+        if timers and self.config.max_epochs is None and self.config.max_steps == -1:
+            s.max_epochs = -1  # a time limit replaces the 1000-epoch default, as in Lightning
+            self._warn_default_epochs = False
         bars = [c for c in self.callbacks if _is_progress_bar(c)]
         if not s.enable_progress_bar and bars:
             raise MisconfigurationException(
                 f"Trainer(enable_progress_bar=False) but callbacks contains {type(bars[0]).__name__}; remove it or "
                 "set enable_progress_bar=True")
         if s.enable_progress_bar and not bars:
-            try:  # TEMP-GUARD while hooks/progress.py is being written
-                from hooks.progress import TQDMProgressBar
-            except ImportError:
-                TQDMProgressBar = None
-            if TQDMProgressBar is not None:
-                self.callbacks.append(TQDMProgressBar())
+            from hooks.progress import TQDMProgressBar
+
+            self.callbacks.append(TQDMProgressBar())
         if s.enable_model_summary and not any(_is_summary(c) for c in self.callbacks):
             from hooks.model_summary import ModelSummary
 
@@ -182,25 +187,17 @@ class Trainer:
                 from hooks.csv_logger import CSVLogger
 
                 return [CSVLogger(save_dir=self.settings.default_root_dir)]
-            try:  # TEMP-GUARD while hooks/tensorboard.py is being written
-                from hooks.tensorboard import TensorBoardLogger
-            except ImportError:
-                return []
+            from hooks.tensorboard import TensorBoardLogger
+
             return [TensorBoardLogger(save_dir=self.settings.default_root_dir)]
         return list(flag) if isinstance(flag, (list, tuple)) else [flag]
 
     def _build_profiler(self, flag: Any) -> Any:
         if flag is None:
             return None
-        if flag == "simple":
-            from hooks.profiler import SimpleProfiler
+        from hooks.profiler import resolve_profiler
 
-            return SimpleProfiler()
-        if flag == "pytorch":
-            from hooks.profiler import PyTorchProfiler
-
-            return PyTorchProfiler()
-        return flag
+        return resolve_profiler(flag)
 
     # -- handlers -------------------------------------------------------------------------------------------------
     def on(self, event_type: type, *, every: int | None = None, once: int | None = None,
@@ -659,10 +656,10 @@ class Trainer:
     def _begin_train_batch(self, loop: FitLoop) -> None:
         """Advance the Timestamp, point self.log at this batch, fire BatchStarted."""
         self.control.skip_step_requested = False  # a request from an earlier batch does not carry over
-        ts = self.timestamp
         batch = loop.batch
-        self.timestamp = Timestamp(ts.epoch, loop.batch_idx, ts.global_step, ts.batches_seen + 1,
-                                   ts.samples_seen + _batch_size(batch))
+        self._batch_in_epoch = loop.batch_idx
+        self._batches_seen += 1
+        self._samples_seen += _batch_size(batch)
         results = self._train_results
         self._results = results
         results.set_batch(batch)
@@ -765,8 +762,7 @@ class Trainer:
             raise MisconfigurationException(
                 f"{type(loop.module).__name__}.optimizer_step did not call the optimizer closure; call "
                 "`optimizer.step(closure=optimizer_closure)` (or `optimizer_closure()`) inside it")
-        ts = self.timestamp
-        self.timestamp = Timestamp(ts.epoch, ts.batch_in_epoch, ts.global_step + 1, ts.batches_seen, ts.samples_seen)
+        self._global_step += 1
         hs = self.bus.table.get(ev.OptimizerStepped)
         if hs:
             self.bus.call(hs, ev.OptimizerStepped(self, self.timestamp, optimizer))
@@ -803,8 +799,7 @@ class Trainer:
                 result = provider[1](optimizer, wrapped, **kwargs)
             else:
                 result = optimizer.step(closure=wrapped, **kwargs)
-        ts = self.timestamp
-        self.timestamp = ts._replace(global_step=ts.global_step + 1)
+        self._global_step += 1
         hs = self.bus.table.get(ev.OptimizerStepped)
         if hs:
             self.bus.call(hs, ev.OptimizerStepped(self, self.timestamp, optimizer))
@@ -933,8 +928,8 @@ class Trainer:
         results.reset()
         if self._lr is not None:
             self._lr.after_epoch()
-        ts = self.timestamp
-        self.timestamp = ts._replace(epoch=ts.epoch + 1, batch_in_epoch=0)
+        self._epoch += 1
+        self._batch_in_epoch = 0
 
     def _teardown_fit(self, loop: FitLoop) -> None:
         if loop.train_started:
@@ -987,12 +982,21 @@ class Trainer:
 
     # -- Lightning's read-only views ------------------------------------------------------------------------------
     @property
+    def timestamp(self) -> Timestamp:
+        """Where the run is now (built from the counters on each read)."""
+        return Timestamp(self._epoch, self._batch_in_epoch, self._global_step, self._batches_seen, self._samples_seen)
+
+    @timestamp.setter
+    def timestamp(self, ts: Timestamp) -> None:
+        (self._epoch, self._batch_in_epoch, self._global_step, self._batches_seen, self._samples_seen) = ts
+
+    @property
     def current_epoch(self) -> int:
-        return self.timestamp.epoch
+        return self._epoch
 
     @property
     def global_step(self) -> int:
-        return self.timestamp.global_step
+        return self._global_step
 
     @property
     def callback_metrics(self) -> dict[str, Tensor]:
@@ -1252,12 +1256,10 @@ def _to_floats(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: out[k] for k in metrics}
 
 
-def _configure_messages(log_format: str | None) -> None:
-    from engine import log as messages
+def _configure_messages(log_format: str | None, rank: int) -> None:
+    from engine.log import configure
 
-    configure = getattr(messages, "configure", None)
-    if configure is not None:
-        configure(log_format=log_format)
+    configure(log_format=log_format, rank=rank)
 
 
 def _is_summary(cb: Any) -> bool:

@@ -1,7 +1,37 @@
-"""Every feature of statetrain as a handler: one handler, one file."""
+"""Every feature of statetrain as a handler: one handler, one file.
 
-from hooks.callback import Callback
-from hooks.lr_scheduler import LRSchedulerStepper
-from hooks.model_summary import ModelSummary
+Names are imported on first access, so `import hooks.tensorboard` (or any single handler) works before or after
+`import engine` without import cycles, and importing one handler does not load the others.
+"""
 
-__all__ = ["Callback", "LRSchedulerStepper", "ModelSummary"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Callback": "hooks.callback",
+    "LRSchedulerStepper": "hooks.lr_scheduler",
+    "ModelSummary": "hooks.model_summary",
+    "Logger": "hooks.logger",
+    "LoggerError": "hooks.logger",
+    "TensorBoardLogger": "hooks.tensorboard",
+    "CSVLogger": "hooks.csv_logger",
+    "TQDMProgressBar": "hooks.progress",
+    "LearningRateMonitor": "hooks.lr_monitor",
+    "Timer": "hooks.timer",
+    "ThroughputMonitor": "hooks.throughput",
+    "Profiler": "hooks.profiler",
+    "SimpleProfiler": "hooks.profiler",
+    "PyTorchProfiler": "hooks.profiler",
+    "PassThroughProfiler": "hooks.profiler",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hooks' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -90,11 +90,11 @@ def _overrides(obj: object, base: type, name: str) -> bool:
 def _callback_adapter(hook: Callable, name: str, trainer: "Trainer", module: "LightningModule") -> Callable:
     def call(event: Event) -> None:
         prev = module._current_fx_name
-        module._current_fx_name = name
+        module.__dict__["_current_fx_name"] = name
         try:
             hook(trainer, module, *event.lightning_args(), **event.lightning_kwargs())
         finally:
-            module._current_fx_name = prev
+            module.__dict__["_current_fx_name"] = prev
     call.__qualname__ = getattr(hook, "__qualname__", name)
     return call
 
@@ -127,20 +127,20 @@ def attach_module(bus: Bus, module: "LightningModule", trainer: "Trainer") -> li
         if event_type is BatchStarted:
             def call(event: Event, hook: Callable = hook) -> None:
                 prev = module._current_fx_name
-                module._current_fx_name = "on_train_batch_start"
+                module.__dict__["_current_fx_name"] = "on_train_batch_start"
                 try:
                     if hook(*event.lightning_args()) == -1:
                         trainer.control.skip_epoch("on_train_batch_start returned -1",
                                                    by=f"{type(module).__qualname__}.on_train_batch_start")
                 finally:
-                    module._current_fx_name = prev
+                    module.__dict__["_current_fx_name"] = prev
         else:
             def call(event: Event, hook: Callable = hook, name: str = name) -> None:
                 prev = module._current_fx_name
-                module._current_fx_name = name
+                module.__dict__["_current_fx_name"] = name
                 try:
                     hook(*event.lightning_args(), **event.lightning_kwargs())
                 finally:
-                    module._current_fx_name = prev
+                    module.__dict__["_current_fx_name"] = prev
         subs.append(bus.subscribe(event_type, call, priority=MODULE, name=f"{type(module).__qualname__}.{name}"))
     return subs

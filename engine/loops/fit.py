@@ -115,7 +115,7 @@ class FitLoop:
         """Call the module's method `name` with (batch, batch_idx) (or `args`) in training_step's `self.log`
         context, e.g. `loop.call_step("discriminator_step")` in a custom GAN state."""
         module = self.module
-        module._current_fx_name = "training_step"
+        module.__dict__["_current_fx_name"] = "training_step"
         if not args:
             args = (self.batch, self.batch_idx)
         return getattr(module, name)(*args)
@@ -123,7 +123,7 @@ class FitLoop:
     def training_step(self) -> Any:
         """Run the module's training_step on `self.batch`; returns what it returned."""
         module = self.module
-        module._current_fx_name = "training_step"
+        module.__dict__["_current_fx_name"] = "training_step"
         args = (self.batch, self.batch_idx) if self.pass_batch_idx else (self.batch,)
         wraps = self.trainer.bus.wrappers.get("forward")
         if wraps:
@@ -163,7 +163,7 @@ class FitLoop:
         if hs:
             t.bus.call(hs, ev.BeforeZeroGrad(t, t.timestamp, optimizer))
         if t._zero_grad_overridden:
-            self.module._current_fx_name = "optimizer_zero_grad"
+            self.module.__dict__["_current_fx_name"] = "optimizer_zero_grad"
             self.module.optimizer_zero_grad(t.current_epoch, self.batch_idx, t._lightning_optimizers[0])
         else:
             optimizer.zero_grad()
@@ -239,7 +239,7 @@ def epoch_start(loop: FitLoop) -> str:
     loop.is_last_batch = False
     loop._pending = None
     t.control.skip_epoch_requested = False
-    t.timestamp = t.timestamp._replace(batch_in_epoch=0)
+    t._batch_in_epoch = 0
     set_sampler_epoch(t.train_dataloader, t.current_epoch)
     t._fire_simple(ev.EpochStarted)
     loop._iter = iter(t.train_dataloader)

@@ -70,7 +70,7 @@ class CallbackIdx(pl.Callback):
 
 
 def trainer(**flags) -> pl.Trainer:
-    return pl.Trainer(enable_model_summary=False, **flags)
+    return pl.Trainer(enable_model_summary=False, enable_progress_bar=False, **flags)
 
 
 # --- return values -----------------------------------------------------------------------------------------------

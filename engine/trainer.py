@@ -57,6 +57,9 @@ class _MockOptimizer(torch.optim.Optimizer):
 
 def _batch_size(batch: Any) -> int:
     """Samples in a batch for the Timestamp: size(0) of the first tensor found (0 when there is none)."""
+    if type(batch) in (tuple, list) and batch and type(batch[0]) is Tensor:  # the usual (x, y) batch
+        first = batch[0]
+        return first.size(0) if first.dim() else 1
     if isinstance(batch, Tensor):
         return batch.shape[0] if batch.dim() else 1
     if isinstance(batch, (list, tuple)):
@@ -85,6 +88,7 @@ class Trainer:
         self.config = TrainerConfig.from_kwargs(**kwargs)
         self.config.check_implemented()
         self.settings = s = self.config.effective()
+        self._step_limit = s.max_steps if s.max_steps != -1 else math.inf  # read per batch
         if self.config.max_epochs is None and self.config.max_steps == -1 and s.max_epochs == 1000:
             self._warn_default_epochs = True
         else:
@@ -592,7 +596,10 @@ class Trainer:
         self._step_optimizer = self.optimizers[0] if self.optimizers else _MockOptimizer()
         self._zero_grad_overridden = _overridden(model, "optimizer_zero_grad") and bool(self.optimizers)
         self._optimizer_step_overridden = _overridden(model, "optimizer_step")
+        # optimizers that re-evaluate the closure (LBFGS) must get it; the others may be stepped after it ran
+        self._direct_step = bool(self.optimizers) and not isinstance(self._step_optimizer, torch.optim.LBFGS)
         self._clip_hook = _overridden(model, "configure_gradient_clipping") or _overridden(model, "clip_gradients")
+        self._clip_on = self._automatic and bool(self._clip_hook or self.settings.gradient_clip_val)
         provider = self.bus.providers.get("backward")
         if provider is not None:
             self._backward_fn = provider[1]
@@ -733,7 +740,7 @@ class Trainer:
         hs = self.bus.table.get(ev.BeforeOptimizerStep)
         if hs:
             self.bus.call(hs, ev.BeforeOptimizerStep(self, self.timestamp, optimizer))
-        if self._automatic and (self._clip_hook or self.settings.gradient_clip_val):
+        if self._clip_on:
             self._call_module("configure_gradient_clipping", self._lightning_optimizers[0] if
                               self._lightning_optimizers else optimizer,
                               gradient_clip_val=self.gradient_clip_val,
@@ -747,12 +754,19 @@ class Trainer:
             return
         loop._closure_calls = 0
         optimizer = loop.optimizer
-        ctx = _wrapped(self.bus.wrappers.get("optimizer_step"))
+        wraps = self.bus.wrappers.get("optimizer_step")
         try:
-            with ctx:
+            with _wrapped(wraps) if wraps else _NULL:
                 if self._optimizer_step_overridden:
                     lopt = self._lightning_optimizers[0] if self._lightning_optimizers else optimizer
                     self._call_module("optimizer_step", self.current_epoch, loop.batch_idx, lopt, loop.closure)
+                elif self._direct_step and "optimizer_step" not in self.bus.providers:
+                    # what optimizer.step(closure) would do on its first closure call, then the plain step
+                    loop._closure_calls = 1
+                    self._before_optimizer_step(optimizer)
+                    if control.skip_step_requested:
+                        raise SkipStep
+                    optimizer.step()
                 else:
                     self._auto_step(optimizer, loop.closure)
         except SkipStep:
@@ -807,11 +821,13 @@ class Trainer:
 
     def _after_train_batch(self, loop: FitLoop) -> None:
         """Step metrics into callback/progress-bar dicts (and loggers at log_every_n_steps)."""
+        results = self._train_results
         write = bool(self.loggers) and self._should_update_logs()
-        out = self._metrics.update_step(self._train_results, write_logs=write)
-        if out:
-            self.log_metrics(out)
-        self._train_results.batch_end()
+        if write or results.logged_since_batch_end:  # nothing new logged and nothing to write: nothing to merge
+            out = self._metrics.update_step(results, write_logs=write)
+            if out:
+                self.log_metrics(out)
+        results.batch_end()
 
     def _should_update_logs(self) -> bool:
         n = self.settings.log_every_n_steps
@@ -1218,6 +1234,9 @@ class Trainer:
 
     def save_checkpoint(self, filepath: str, weights_only: bool | None = None, storage_options: Any = None) -> None:
         raise NotImplementedError("trainer.save_checkpoint: checkpointing is not available in statetrain yet")
+
+
+_NULL = nullcontext()
 
 
 def _wrapped(wraps: tuple | None) -> Any:

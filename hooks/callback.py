@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from engine.bus import CALLBACK, MODULE, MONITOR, Bus, Subscription
 from engine.events import (
-    LIGHTNING_HOOKS, BatchStarted, EpochEnded, Event, ExceptionRaised, SanityCheckEnded, SanityCheckStarted,
+    LIGHTNING_HOOKS, BatchStarted, EpochEnded, Event, ExceptionRaised, SanityCheckEnded, SanityCheckStarted, Setup,
+    Teardown,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -26,6 +27,9 @@ class Callback:
     """Base class of Lightning-style callbacks: override any hook; each gets `(trainer, pl_module, ...)`."""
 
     is_monitor = False  # True for EarlyStopping/ModelCheckpoint-like callbacks (ordering on on_train_epoch_end)
+    # hook name -> method taking the event, used instead of the hook while the hook is not overridden further down
+    # (built-in callbacks use it to skip the Lightning-signature adapter on per-step events)
+    native_handlers: dict[str, str] = {}
 
     @property
     def state_key(self) -> str:
@@ -83,18 +87,35 @@ class Callback:
     def on_before_zero_grad(self, trainer: Any, pl_module: Any, optimizer: Any) -> None: ...
 
 
+def _defined_by(cls: type, name: str) -> type | None:
+    """The class in `cls`'s MRO that defines attribute `name`."""
+    return next((k for k in cls.__mro__ if name in vars(k)), None)
+
+
 def _overrides(obj: object, base: type, name: str) -> bool:
     return getattr(type(obj), name, None) is not getattr(base, name, None)
 
 
-def _callback_adapter(hook: Callable, name: str, trainer: "Trainer", module: "LightningModule") -> Callable:
-    def call(event: Event) -> None:
-        prev = module._current_fx_name
-        module.__dict__["_current_fx_name"] = name
-        try:
-            hook(trainer, module, *event.lightning_args(), **event.lightning_kwargs())
-        finally:
-            module.__dict__["_current_fx_name"] = prev
+def _callback_adapter(hook: Callable, name: str, trainer: "Trainer", module: "LightningModule",
+                      with_kwargs: bool) -> Callable:
+    state = module.__dict__  # `_current_fx_name` written directly: nn.Module.__setattr__ is slow on this path
+
+    if with_kwargs:
+        def call(event: Event) -> None:
+            prev = state.get("_current_fx_name")
+            state["_current_fx_name"] = name
+            try:
+                hook(trainer, module, *event.lightning_args(), **event.lightning_kwargs())
+            finally:
+                state["_current_fx_name"] = prev
+    else:
+        def call(event: Event) -> None:
+            prev = state.get("_current_fx_name")
+            state["_current_fx_name"] = name
+            try:
+                hook(trainer, module, *event.lightning_args())
+            finally:
+                state["_current_fx_name"] = prev
     call.__qualname__ = getattr(hook, "__qualname__", name)
     return call
 
@@ -103,11 +124,17 @@ def attach_callback(bus: Bus, callback: Callback, trainer: "Trainer", module: "L
                     priority: int = CALLBACK) -> list[Subscription]:
     """Subscribe each hook `callback` overrides, with Lightning's signature and `self.log` context."""
     subs = []
+    natives = type(callback).native_handlers
     for event_type, name in LIGHTNING_HOOKS.items():
         if not _overrides(callback, Callback, name):
             continue
         prio = MONITOR if (event_type is EpochEnded and callback.is_monitor) else priority
-        fn = _callback_adapter(getattr(callback, name), name, trainer, module)
+        native = natives.get(name)
+        if native is not None and _defined_by(type(callback), name) is _defined_by(type(callback), native):
+            fn = getattr(callback, native)
+        else:
+            fn = _callback_adapter(getattr(callback, name), name, trainer, module,
+                                   with_kwargs=event_type in (Setup, Teardown))
         subs.append(bus.subscribe(event_type, fn, priority=prio, name=f"{type(callback).__qualname__}.{name}"))
     return subs
 

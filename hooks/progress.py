@@ -327,6 +327,13 @@ class TQDMProgressBar(Callback):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._step(self._train, batch_idx + 1, True)  # type: ignore[arg-type]
 
+    def _batch_ended(self, event: Any) -> None:
+        """Native BatchEnded handler used instead of on_train_batch_end when a subclass does not override it: the
+        bar needs no Lightning-style arguments, so it skips the adapter on the per-step path."""
+        self._step(self._train, event.batch_idx + 1, True)  # type: ignore[arg-type]
+
+    native_handlers = {"on_train_batch_end": "_batch_ended"}
+
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         track = self._train
         if track is None or not self.is_enabled:

@@ -104,7 +104,8 @@ class FitLoop:
         """Fetch the next batch and fire BatchStarted (Timestamp advanced, `self.log` pointed at it);
         False when the epoch is over (data exhausted, limit reached, or skip_epoch requested)."""
         t = self.trainer
-        if t.control.skip_epoch_requested or (t.should_stop and t._can_stop_early(t.current_epoch)):
+        control = t.control
+        if control.skip_epoch_requested or (control.stop_requested and t._can_stop_early(t.current_epoch)):
             return False
         if not self.fetch():
             return False
@@ -204,8 +205,11 @@ class FitLoop:
     def after_batch(self) -> str:
         """Where to go once a batch (and any validation after it) is done."""
         t = self.trainer
-        if self.is_last_batch or t._training_done(mid_epoch=True) or t.control.skip_epoch_requested:
-            return "epoch_end"
+        control = t.control
+        if self.is_last_batch or control.skip_epoch_requested or control.stop_requested or (
+                t._global_step >= t._step_limit):
+            return "epoch_end" if self.is_last_batch or t._training_done(mid_epoch=True) or (
+                control.skip_epoch_requested) else "batch"
         return "batch"
 
 

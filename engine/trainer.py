@@ -572,9 +572,25 @@ class Trainer:
         self._loop = FitLoop(self)
         return self._loop
 
+    def _announce(self, fn: str) -> None:
+        """The run's opening message: what runs where, and the flags that differ from Lightning's defaults."""
+        if not self.is_global_zero:
+            return
+        device = self.strategy.root_device
+        log.info(f"{fn} started", model=type(self.lightning_module).__name__, device=str(device),
+                 cuda_available=torch.cuda.is_available(), accelerator=str(self.settings.accelerator),
+                 loggers=[type(lg).__name__ for lg in self.loggers] or None,
+                 log_dir=self.log_dir if self.loggers else None)
+        defaults = TrainerConfig()
+        changed = {k: v for k, v in self.config.to_json_dict().items()
+                   if getattr(self.config, k) != getattr(defaults, k)}
+        if changed:
+            log.info("Trainer config", **changed)
+
     def _setup_fit(self, loop: FitLoop) -> None:
         """Everything before the first epoch: hooks, optimizers, FitStarted, zero_grad."""
         model = loop.module
+        self._announce("fit")
         self.timestamp = Timestamp()
         self._batches_stepped = 0
         self._train_results = ResultCollection(training=True)
@@ -635,6 +651,12 @@ class Trainer:
         self.train_dataloader = loader
         self._train_sized = has_len(loader)
         self.num_training_batches = num_batches(loader, self.settings.limit_train_batches, "train")
+        every = self.settings.log_every_n_steps
+        if self.loggers and every and self.num_training_batches < every and not loop.warned_log_interval:
+            loop.warned_log_interval = True
+            warnings.warn(f"The number of training batches ({self.num_training_batches}) is smaller than the logging "
+                          f"interval Trainer(log_every_n_steps={every}). Set a lower value for log_every_n_steps if "
+                          "you want to see logs for the training epoch.", UserWarning, stacklevel=2)
         loop.last_train_reload = self.current_epoch
         s = self.settings
         vci = s.val_check_interval

@@ -70,6 +70,7 @@ class FitLoop:
         self._extra: dict | None = None
         self.pass_batch_idx = accepts_batch_idx(self.module.training_step)
         self.last_train_reload = -1
+        self.warned_log_interval = False
         self.epoch_batches_stepped = 0
 
     # -- pieces a custom state can reuse ----------------------------------------------------------------------------

@@ -100,6 +100,7 @@ class Bus:
         self.wrappers: dict[str, tuple[Callable[[], AbstractContextManager], ...]] = {}
         self.providers: dict[str, tuple[str, Callable]] = {}
         self._attached: dict[int, list[Subscription]] = {}
+        self.version = 0  # bumped on every rebuild: loops cache per-step listeners and refresh when it changes
         self.instrumentation: Callable[[type, str, Callable], Callable] | None = None
 
     # -- subscription -------------------------------------------------------------------------------------------
@@ -185,6 +186,7 @@ class Bus:
                 self._rebuild()
 
     def _rebuild(self) -> None:
+        self.version += 1
         types = set(CATALOGUE) | {s.event_type for s in self._subs}
         ordered = sorted(self._subs, key=lambda s: (s.priority, s.seq))
         self.table.clear()

@@ -685,6 +685,8 @@ class Trainer:
     def _begin_train_batch(self, loop: FitLoop) -> None:
         """Advance the Timestamp, point self.log at this batch, fire BatchStarted."""
         self.control.skip_step_requested = False  # a request from an earlier batch does not carry over
+        if loop.hot.version != self.bus.version:
+            loop.hot.refresh(self.bus)
         batch = loop.batch
         self._batch_in_epoch = loop.batch_idx
         self._batches_seen += 1
@@ -692,13 +694,17 @@ class Trainer:
         results = self._train_results
         self._results = results
         results.set_batch(batch)
-        hs = self.bus.table.get(ev.BatchStarted)
+        hs = loop.hot.batch_started
         if hs:
             self.bus.call(hs, ev.BatchStarted(self, self.timestamp, batch, loop.batch_idx))
         loop.module.__dict__["_current_fx_name"] = "training_step"  # module code run by any state of this batch may self.log
 
     def _check_training_output(self, out: Any, loop: FitLoop) -> Tensor | None:
         """The loss from training_step's return (Tensor or dict with 'loss'); None skips the step."""
+        if type(out) is Tensor and out.requires_grad and not out.ndim:  # the usual case: a scalar loss
+            loop._extra = None
+            loop.outputs = None
+            return out
         if isinstance(out, Tensor):
             loss, extra = out, None
         elif isinstance(out, dict):
@@ -759,7 +765,8 @@ class Trainer:
 
     def _before_optimizer_step(self, optimizer: Any) -> None:
         """BeforeOptimizerStep, then configure_gradient_clipping (Lightning's order, inside the closure)."""
-        hs = self.bus.table.get(ev.BeforeOptimizerStep)
+        loop = self._loop
+        hs = loop.hot.before_optimizer_step if loop is not None else self.bus.table.get(ev.BeforeOptimizerStep)
         if hs:
             self.bus.call(hs, ev.BeforeOptimizerStep(self, self.timestamp, optimizer))
         if self._clip_on:
@@ -776,13 +783,14 @@ class Trainer:
             return
         loop._closure_calls = 0
         optimizer = loop.optimizer
-        wraps = self.bus.wrappers.get("optimizer_step")
+        hot = loop.hot
+        wraps = hot.wrap_optimizer_step
         try:
             with _wrapped(wraps) if wraps else _NULL:
                 if self._optimizer_step_overridden:
                     lopt = self._lightning_optimizers[0] if self._lightning_optimizers else optimizer
                     self._call_module("optimizer_step", self.current_epoch, loop.batch_idx, lopt, loop.closure)
-                elif self._direct_step and "optimizer_step" not in self.bus.providers:
+                elif self._direct_step and hot.step_provider is None:
                     # what optimizer.step(closure) would do on its first closure call, then the plain step
                     loop._closure_calls = 1
                     self._before_optimizer_step(optimizer)
@@ -799,7 +807,7 @@ class Trainer:
                 f"{type(loop.module).__name__}.optimizer_step did not call the optimizer closure; call "
                 "`optimizer.step(closure=optimizer_closure)` (or `optimizer_closure()`) inside it")
         self._global_step += 1
-        hs = self.bus.table.get(ev.OptimizerStepped)
+        hs = hot.optimizer_stepped
         if hs:
             self.bus.call(hs, ev.OptimizerStepped(self, self.timestamp, optimizer))
         if self._lr is not None:

@@ -41,6 +41,34 @@ __all__ = ["FitLoop", "SkipStep", "build_fit_machine", "FIT_STATES"]
 FIT_STATES = ("setup", "epoch_start", "batch", "backward", "optimizer_step", "validation", "epoch_end", "teardown")
 
 
+class Hot:
+    """The per-step listeners and phase wrappers, taken from the bus and refreshed at the start of a batch when the
+    bus changed (a handler attached in the middle of a batch takes effect from the next batch)."""
+
+    __slots__ = ("version", "batch_started", "before_zero_grad", "before_backward", "after_backward",
+                 "before_optimizer_step", "optimizer_stepped", "batch_ended", "wrap_forward", "wrap_backward",
+                 "wrap_optimizer_step", "step_provider")
+
+    def __init__(self) -> None:
+        self.version = -1
+
+    def refresh(self, bus: Any) -> None:
+        table, wrappers = bus.table, bus.wrappers
+        self.version = bus.version
+        self.batch_started = table.get(ev.BatchStarted)
+        self.before_zero_grad = table.get(ev.BeforeZeroGrad)
+        self.before_backward = table.get(ev.BeforeBackward)
+        self.after_backward = table.get(ev.AfterBackward)
+        self.before_optimizer_step = table.get(ev.BeforeOptimizerStep)
+        self.optimizer_stepped = table.get(ev.OptimizerStepped)
+        self.batch_ended = table.get(ev.BatchEnded)
+        self.wrap_forward = wrappers.get("forward")
+        self.wrap_backward = wrappers.get("backward")
+        self.wrap_optimizer_step = wrappers.get("optimizer_step")
+        provider = bus.providers.get("optimizer_step")
+        self.step_provider = None if provider is None else provider[1]
+
+
 class SkipStep(Exception):
     """Raised from the optimizer closure to abandon the current optimizer step (control.skip_step)."""
 
@@ -68,6 +96,8 @@ class FitLoop:
         self._pending: Any = None
         self._closure_calls = 0
         self._extra: dict | None = None
+        self.hot = Hot()
+        self.hot.refresh(trainer.bus)
         self.pass_batch_idx = accepts_batch_idx(self.module.training_step)
         self.last_train_reload = -1
         self.warned_log_interval = False
@@ -127,7 +157,7 @@ class FitLoop:
         module = self.module
         module.__dict__["_current_fx_name"] = "training_step"
         args = (self.batch, self.batch_idx) if self.pass_batch_idx else (self.batch,)
-        wraps = self.trainer.bus.wrappers.get("forward")
+        wraps = self.hot.wrap_forward
         if wraps:
             from contextlib import ExitStack
 
@@ -139,12 +169,11 @@ class FitLoop:
 
     def backward(self, loss: Tensor) -> None:
         """BeforeBackward, backward (provider, module override or loss.backward()), AfterBackward."""
-        t = self.trainer
-        table = t.bus.table
-        hs = table.get(ev.BeforeBackward)
+        t, hot = self.trainer, self.hot
+        hs = hot.before_backward
         if hs:
             t.bus.call(hs, ev.BeforeBackward(t, t.timestamp, loss))
-        wraps = t.bus.wrappers.get("backward")
+        wraps = hot.wrap_backward
         if wraps:
             from contextlib import ExitStack
 
@@ -154,14 +183,14 @@ class FitLoop:
                 t._backward_fn(loss)
         else:
             t._backward_fn(loss)
-        hs = table.get(ev.AfterBackward)
+        hs = hot.after_backward
         if hs:
             t.bus.call(hs, ev.AfterBackward(t, t.timestamp))
 
     def zero_grad(self, optimizer: Any) -> None:
         """BeforeZeroGrad then the module's optimizer_zero_grad (default optimizer.zero_grad())."""
         t = self.trainer
-        hs = t.bus.table.get(ev.BeforeZeroGrad)
+        hs = self.hot.before_zero_grad
         if hs:
             t.bus.call(hs, ev.BeforeZeroGrad(t, t.timestamp, optimizer))
         if t._zero_grad_overridden:
@@ -190,7 +219,7 @@ class FitLoop:
     def finish_batch(self) -> str:
         """After the step: BatchEnded, step metrics, then decide: validation, next batch, or epoch end."""
         t = self.trainer
-        hs = t.bus.table.get(ev.BatchEnded)
+        hs = self.hot.batch_ended
         if hs:
             if self.outputs is None:  # built only when someone listens
                 self.outputs = {} if self.loss is None else {"loss": self.loss.detach(), **(self._extra or {})}

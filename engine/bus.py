@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import difflib
 import itertools
-from contextlib import AbstractContextManager
-from typing import Any, Callable, Iterable
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Callable, Iterable, Iterator
 
 from engine.errors import HandlerError
 from engine.events import CATALOGUE, Event, handler_method_name
@@ -100,6 +100,7 @@ class Bus:
         self.wrappers: dict[str, tuple[Callable[[], AbstractContextManager], ...]] = {}
         self.providers: dict[str, tuple[str, Callable]] = {}
         self._attached: dict[int, list[Subscription]] = {}
+        self._deferred = 0  # > 0 inside `batch()`: table rebuilds wait until it ends
         self.version = 0  # bumped on every rebuild: loops cache per-step listeners and refresh when it changes
         self.instrumentation: Callable[[type, str, Callable], Callable] | None = None
 
@@ -115,8 +116,20 @@ class Bus:
         sub = Subscription(self, event_type, fn, int(priority), next(self._seq), name or _name_of(fn),
                            _filtered(fn, every, once, when))
         self._subs.append(sub)
-        self._rebuild()
+        if not self._deferred:
+            self._rebuild()
         return sub
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Subscribe/remove many handlers and rebuild the dispatch tables once at the end."""
+        self._deferred += 1
+        try:
+            yield
+        finally:
+            self._deferred -= 1
+            if not self._deferred:
+                self._rebuild()
 
     def on(self, event_type: type, *, priority: int = CALLBACK, every: int | None = None, once: int | None = None,
            when: Callable[[Any], bool] | None = None) -> Callable[[Callable], Callable]:
@@ -156,7 +169,8 @@ class Bus:
                         f"two handlers provide the action {action!r}: {self.providers[action][0]} and {hname}; "
                         "an action has a single provider, remove one of them")
                 provides.append(attr)
-        subs = [self.subscribe(t, getattr(handler, a), priority=prio, name=f"{hname}.{a}") for t, a in events]
+        with self.batch():
+            subs = [self.subscribe(t, getattr(handler, a), priority=prio, name=f"{hname}.{a}") for t, a in events]
         for attr in wraps:
             self._wraps.setdefault(attr[5:], []).append((prio, next(self._seq), f"{hname}.{attr}",
                                                          getattr(handler, attr)))
@@ -182,7 +196,7 @@ class Bus:
     def _remove(self, sub: Subscription, rebuild: bool = True) -> None:
         if sub in self._subs:
             self._subs.remove(sub)
-            if rebuild:
+            if rebuild and not self._deferred:
                 self._rebuild()
 
     def _rebuild(self) -> None:

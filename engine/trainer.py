@@ -469,12 +469,13 @@ class Trainer:
     def _attach_run_handlers(self, model: LightningModule) -> None:
         """Callbacks (in list order) then the module's overridden hooks; detached when the run ends."""
         subs = self._run_subs
-        for cb in self.callbacks:
-            if isinstance(cb, Callback):
-                subs.extend(attach_callback(self.bus, cb, self, model))
-            else:
-                subs.extend(self.bus.attach(cb))
-        subs.extend(attach_module(self.bus, model, self))
+        with self.bus.batch():
+            for cb in self.callbacks:
+                if isinstance(cb, Callback):
+                    subs.extend(attach_callback(self.bus, cb, self, model))
+                else:
+                    subs.extend(self.bus.attach(cb))
+            subs.extend(attach_module(self.bus, model, self))
 
     def _merge_model_callbacks(self, model: LightningModule) -> None:
         """configure_callbacks(): same-type trainer callbacks are replaced, the rest appended."""

@@ -257,7 +257,8 @@ def write_hparams_yaml(path: str, params: Mapping[str, Any]) -> None:
     """Write `params` (nested, made yaml-safe) to `path` atomically with yaml.safe_dump."""
     import yaml  # lazy: only loggers that write hparams need it
 
-    text = yaml.safe_dump(yaml_safe(dict(params)), default_flow_style=False)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present: ~10x faster, same output
+    text = yaml.dump(yaml_safe(dict(params)), Dumper=dumper, default_flow_style=False)
     with atomic_open(path) as fh:
         fh.write(text)
 

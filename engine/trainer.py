@@ -853,9 +853,10 @@ class Trainer:
     def _after_train_batch(self, loop: FitLoop) -> None:
         """Step metrics into callback/progress-bar dicts (and loggers at log_every_n_steps)."""
         results = self._train_results
-        write = bool(self.loggers) and self._should_update_logs()
-        if write or results.logged_since_batch_end:  # nothing new logged and nothing to write: nothing to merge
-            out = self._metrics.update_step(results, write_logs=write)
+        # Readers of callback/progress-bar metrics see the running values live (LoggedMetrics reads the attached
+        # collection); they are merged for good only when written, before validation and at the epoch's end.
+        if self.loggers and self._should_update_logs():
+            out = self._metrics.update_step(results, write_logs=True)
             if out:
                 self.log_metrics(out)
         results.batch_end()
@@ -951,6 +952,7 @@ class Trainer:
 
     def _run_fit_validation(self, loop: FitLoop) -> None:
         """Validation inside the epoch: on_validation_model_zero_grad, the eval machine, then back to training."""
+        self._metrics.update_step(self._train_results, write_logs=False)  # keep the train step values visible
         self._call_module("on_validation_model_zero_grad")
         self.state.stage = Stage.VALIDATE
         loaders = self._load_val_dataloaders("validate")
@@ -965,6 +967,7 @@ class Trainer:
         """EpochEnded with epoch metrics visible, plateau epoch schedulers, then current_epoch += 1."""
         results = self._results = self._train_results
         self._metrics.attach(results)
+        self._metrics.update_step(results, write_logs=False)  # the last step values stay in callback_metrics
         results.epoch_end_reached()
         hs = self.bus.table.get(ev.EpochEnded)
         if hs:

@@ -794,9 +794,10 @@ class Trainer:
                 elif self._direct_step and hot.step_provider is None:
                     # what optimizer.step(closure) would do on its first closure call, then the plain step
                     loop._closure_calls = 1
-                    self._before_optimizer_step(optimizer)
-                    if control.skip_step_requested:
-                        raise SkipStep
+                    if hot.before_optimizer_step or self._clip_on:
+                        self._before_optimizer_step(optimizer)
+                        if control.skip_step_requested:
+                            raise SkipStep
                     optimizer.step()
                 else:
                     self._auto_step(optimizer, loop.closure)

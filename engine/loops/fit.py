@@ -227,9 +227,12 @@ class FitLoop:
         t._after_train_batch(self)
         self.batch_idx += 1
         self.total_batch_idx += 1
-        if t._should_validate(self):
+        if (t._val_on or t.control.validate_requested) and t._should_validate(self):
             return "validation"
-        t._after_batch_validation(self)
+        if t._lr is None:
+            t._batches_stepped += 1  # what _after_batch_validation does when there is no scheduler to step
+        else:
+            t._after_batch_validation(self)
         return self.after_batch()
 
     def after_batch(self) -> str:
@@ -297,9 +300,16 @@ def batch(loop: FitLoop) -> str:
 
 def backward(loop: FitLoop) -> str:
     """BeforeZeroGrad, optimizer_zero_grad, BeforeBackward, backward, AfterBackward."""
-    loop.optimizer = loop.trainer._step_optimizer
-    loop.zero_grad(loop.optimizer)
-    loop.backward(loop.loss)  # type: ignore[arg-type]
+    t, hot = loop.trainer, loop.hot
+    optimizer = loop.optimizer = t._step_optimizer
+    if hot.before_zero_grad or t._zero_grad_overridden:
+        loop.zero_grad(optimizer)
+    else:  # nothing listens and nothing is overridden: the plain calls (the hot path of every step)
+        optimizer.zero_grad()
+    if hot.before_backward or hot.after_backward or hot.wrap_backward:
+        loop.backward(loop.loss)  # type: ignore[arg-type]
+    else:
+        t._backward_fn(loop.loss)
     return "optimizer_step"
 
 

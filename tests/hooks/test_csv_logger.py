@@ -22,27 +22,6 @@ from hooks.csv_logger import CSVLogger
 from hooks.logger import LoggerError, NoOpExperiment
 
 
-class ErrorLog:
-    """Stands in for engine.log.log: records error(event, **keys) calls; `messages` renders each as one line."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict]] = []
-
-    def error(self, event: str, *args: object, **keys: object) -> None:
-        self.calls.append((event, keys))
-
-    @property
-    def messages(self) -> list[str]:
-        return [" ".join([event] + [f"{k}={v}" for k, v in keys.items()]) for event, keys in self.calls]
-
-
-@pytest.fixture()
-def errors(monkeypatch: pytest.MonkeyPatch) -> ErrorLog:
-    rec = ErrorLog()
-    monkeypatch.setattr(logger_mod, "log", rec)
-    return rec
-
-
 def read_csv(lg: CSVLogger) -> tuple[list[str], list[dict[str, str]]]:
     with open(os.path.join(lg.log_dir, "metrics.csv"), newline="") as fh:
         reader = csv.DictReader(fh)

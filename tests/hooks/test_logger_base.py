@@ -16,34 +16,12 @@ import torch
 import yaml
 
 import engine  # noqa: F401  (import order: the engine package before hooks)
-from hooks import logger as logger_mod
 from hooks.csv_logger import CSVLogger
 from hooks.logger import (
     Logger, LoggerError, add_prefix, allocate_version, atomic_open, flatten_params, next_version, params_to_dict,
     sanitize_params, write_guard, write_hparams_yaml, yaml_safe,
 )
 from hooks.tensorboard import TensorBoardLogger
-
-
-class ErrorLog:
-    """Stands in for engine.log.log: records error(event, **keys) calls; `messages` renders each as one line."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict]] = []
-
-    def error(self, event: str, *args: object, **keys: object) -> None:
-        self.calls.append((event, keys))
-
-    @property
-    def messages(self) -> list[str]:
-        return [" ".join([event] + [f"{k}={v}" for k, v in keys.items()]) for event, keys in self.calls]
-
-
-@pytest.fixture()
-def errors(monkeypatch: pytest.MonkeyPatch) -> ErrorLog:
-    rec = ErrorLog()
-    monkeypatch.setattr(logger_mod, "log", rec)
-    return rec
 
 
 class MemoryLogger(Logger):

@@ -24,32 +24,10 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from torch import nn
 
 import engine as pl
-from hooks import logger as logger_mod
 from hooks.logger import NoOpExperiment
 from hooks.tensorboard import TensorBoardLogger
 
 LOSSES = {0: 1.5, 3: 0.75, 49: 0.123456789, 99: -2.0}
-
-
-class ErrorLog:
-    """Stands in for engine.log.log: records error(event, **keys) calls; `messages` renders each as one line."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict]] = []
-
-    def error(self, event: str, *args: object, **keys: object) -> None:
-        self.calls.append((event, keys))
-
-    @property
-    def messages(self) -> list[str]:
-        return [" ".join([event] + [f"{k}={v}" for k, v in keys.items()]) for event, keys in self.calls]
-
-
-@pytest.fixture()
-def errors(monkeypatch: pytest.MonkeyPatch) -> ErrorLog:
-    rec = ErrorLog()
-    monkeypatch.setattr(logger_mod, "log", rec)
-    return rec
 
 
 def read_scalars(log_dir: str) -> dict[str, list[tuple[int, float]]]:

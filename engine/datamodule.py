@@ -33,7 +33,8 @@ def move_data_to_device(batch: Any, device: torch.device | str | int) -> Any:
     if type(batch) in (tuple, list) and device.type in ("cpu", "cuda"):
         # the usual DataLoader batch: nothing to do when every tensor is there already (get_device() is an int:
         # -1 on the CPU, the index on CUDA; no torch.device object is built per tensor)
-        where = -1 if device.type == "cpu" else (device.index if device.index is not None else torch.cuda.current_device())
+        where = -1 if device.type == "cpu" else (
+            device.index if device.index is not None else torch.cuda.current_device())
         for item in batch:
             if type(item) is not torch.Tensor or item.get_device() != where:
                 break

@@ -698,7 +698,8 @@ class Trainer:
         hs = loop.hot.batch_started
         if hs:
             self.bus.call(hs, ev.BatchStarted(self, self.timestamp, batch, loop.batch_idx))
-        loop.module.__dict__["_current_fx_name"] = "training_step"  # module code run by any state of this batch may self.log
+        # module code run by any state of this batch may self.log (written directly: nn.Module.__setattr__ is slow)
+        loop.module.__dict__["_current_fx_name"] = "training_step"
 
     def _check_training_output(self, out: Any, loop: FitLoop) -> Tensor | None:
         """The loss from training_step's return (Tensor or dict with 'loss'); None skips the step."""

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 import warnings
-from typing import Any, TextIO
+from typing import Any
 
 from hooks.callback import Callback
 

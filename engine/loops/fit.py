@@ -101,7 +101,6 @@ class FitLoop:
         self.pass_batch_idx = accepts_batch_idx(self.module.training_step)
         self.last_train_reload = -1
         self.warned_log_interval = False
-        self.epoch_batches_stepped = 0
 
     # -- pieces a custom state can reuse ----------------------------------------------------------------------------
     def fetch(self) -> bool:

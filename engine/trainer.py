@@ -131,6 +131,7 @@ class Trainer:
         self._val_source: Callable[[], Any] | None = None
         self._val_on = False
         self._transfer_plan: tuple | None = None
+        self._device_where: int | None = None
         self._val_loaders: list[Any] | None = None
         self._last_val_reload = -1
         self._train_source: Callable[[], Any] | None = None
@@ -516,12 +517,21 @@ class Trainer:
             elif name == "transfer_batch_to_device":
                 plan.append((None, name))
         self._transfer_plan = tuple(plan) if len(plan) > 1 or plan[0][0] is not None else None
+        device = self.strategy.root_device  # get_device() of a tensor already there: -1 on the CPU, else the index
+        self._device_where = -1 if device.type == "cpu" else (device.index if device.type == "cuda" else None)
 
     def _transfer_batch(self, batch: Any, dataloader_idx: int) -> Any:
         """on_before_batch_transfer -> transfer_batch_to_device -> on_after_batch_transfer (Lightning's order)."""
         device = self.strategy.root_device
         plan = self._transfer_plan
         if plan is None:
+            where = self._device_where
+            if where is not None and type(batch) in (tuple, list):  # the usual batch, often already there
+                for item in batch:
+                    if type(item) is not Tensor or item.get_device() != where:
+                        break
+                else:
+                    return batch
             return move_data_to_device(batch, device)
         for owner, name in plan:
             if owner is None:
@@ -691,7 +701,11 @@ class Trainer:
         batch = loop.batch
         self._batch_in_epoch = loop.batch_idx
         self._batches_seen += 1
-        self._samples_seen += _batch_size(batch)
+        first = batch[0] if type(batch) in (tuple, list) and batch else None
+        if type(first) is Tensor and first.dim():  # the usual (x, y) batch, without a call
+            self._samples_seen += first.size(0)
+        else:
+            self._samples_seen += _batch_size(batch)
         results = self._train_results
         self._results = results
         results.set_batch(batch)

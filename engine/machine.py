@@ -151,6 +151,13 @@ class Machine:
         state = self.initial
         pending: str | None = None  # where a state was going when an inserted follower took over
         try:
+            if not after and not before and on_transition is None:  # nothing inserted, nobody watching
+                while state != final:
+                    nxt = fns[state](ctx)
+                    if nxt not in trans[state]:
+                        raise self._illegal(state, nxt, trans[state])
+                    state = nxt
+                return
             while state != final:
                 nxt = fns[state](ctx)
                 if nxt is None:

@@ -377,6 +377,7 @@ class Trainer:
         profiler = self.profiler
         if profiler is not None:
             profiler.attach(self)
+        self._watch_transitions()
         try:
             with anomaly:
                 body()
@@ -398,6 +399,16 @@ class Trainer:
             self._results = None
             self.state.stage = None
             self.sanity_checking = False
+
+    def _watch_transitions(self) -> None:
+        """StateChanged costs nothing unless someone listens (decided when the run starts)."""
+        for machine in (self.machine, self.eval_machine):
+            if self.bus.listening(ev.StateChanged):
+                def fire(src: str, dst: str, name: str = machine.name) -> None:
+                    self.bus.fire(ev.StateChanged(self, self.timestamp, name, src, dst))
+                machine.on_transition = fire
+            else:
+                machine.on_transition = None
 
     def _on_exception(self, exc: BaseException) -> None:
         """Lightning's order: callbacks' on_exception, the datamodule's, then internal cleanup."""

@@ -246,3 +246,41 @@ def test_no_sanity_check_still_trains_each_epoch_once() -> None:
     assert sanity == []
     assert epochs == [0, 1]
     assert model.steps == 8 and t.global_step == 8
+
+
+def test_state_changed_reports_every_transition_of_the_fit_and_eval_machines() -> None:
+    import engine as pl
+    from engine.events import StateChanged
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Model(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("v", self.layer(batch[0]).sum())
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2)
+    trainer = pl.Trainer(max_epochs=1, num_sanity_val_steps=1, enable_model_summary=False, logger=False,
+                         enable_progress_bar=False)
+    seen: list[tuple[str, str, str]] = []
+    trainer.on(StateChanged)(lambda e: seen.append((e.machine, e.src, e.dst)))
+    trainer.fit(Model(), data, data)
+    fit = [(s, d) for m, s, d in seen if m == "fit"]
+    assert fit == [("setup", "validation"), ("validation", "epoch_start"), ("epoch_start", "batch"),
+                   ("batch", "backward"), ("backward", "optimizer_step"), ("optimizer_step", "batch"),
+                   ("batch", "backward"), ("backward", "optimizer_step"), ("optimizer_step", "validation"),
+                   ("validation", "epoch_end"), ("epoch_end", "teardown"), ("teardown", "done")]
+    evaluate = [(s, d) for m, s, d in seen if m == "evaluate"]
+    assert evaluate[:3] == [("eval_start", "eval_batch"), ("eval_batch", "eval_batch"), ("eval_batch", "eval_end")]
+    # nobody listening: no observer installed, the machines take their fast path
+    trainer2 = pl.Trainer(max_epochs=1, enable_model_summary=False, logger=False, enable_progress_bar=False)
+    trainer2.fit(Model(), data)
+    assert trainer2.machine.on_transition is None

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import difflib
 import itertools
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any, Callable, Iterable, Iterator
 
 from engine.errors import HandlerError
 from engine.events import CATALOGUE, Event, handler_method_name
 
 __all__ = [
-    "Bus", "Subscription", "STRATEGY", "PRECISION", "CALLBACK", "MODULE", "METRICS", "LOGGER", "MONITOR", "PROGRESS",
+    "Bus", "Subscription", "entered", "STRATEGY", "PRECISION", "CALLBACK", "MODULE", "METRICS", "LOGGER", "MONITOR", "PROGRESS",
     "TRACE", "PHASES", "ACTIONS",
 ]
 
@@ -30,6 +30,19 @@ STRATEGY, PRECISION, CALLBACK, MODULE, METRICS, LOGGER, MONITOR, PROGRESS, TRACE
 
 PHASES = ("forward", "backward", "optimizer_step", "eval_forward")
 ACTIONS = ("backward", "optimizer_step")
+
+_NULL = nullcontext()
+
+
+def entered(wraps: tuple[Callable[[], AbstractContextManager], ...] | None) -> AbstractContextManager:
+    """A phase's wrappers (from `Bus.wrappers`) entered in order, as one context; a shared no-op when there are none."""
+    if not wraps:
+        return _NULL
+    stack = ExitStack()
+    for w in wraps:
+        stack.enter_context(w())
+    return stack
+
 
 _METHOD_TO_EVENT: dict[str, type[Event]] = {handler_method_name(t): t for t in CATALOGUE}
 
@@ -184,13 +197,11 @@ class Bus:
         """Remove everything `attach(handler)` registered."""
         for sub in self._attached.pop(id(handler), []):
             self._remove(sub, rebuild=False)
-        hname = type(handler).__qualname__
         for phase, items in self._wraps.items():
             items[:] = [w for w in items if getattr(w[3], "__self__", None) is not handler]
         for action, (name, fn) in list(self.providers.items()):
             if getattr(fn, "__self__", None) is handler:
                 del self.providers[action]
-        del hname
         self._rebuild()
 
     def _remove(self, sub: Subscription, rebuild: bool = True) -> None:

@@ -30,16 +30,6 @@ def move_data_to_device(batch: Any, device: torch.device | str | int) -> Any:
     (inputs are not mutated); other objects pass through. Tensor copies are non-blocking except to CPU/MPS.
     """
     device = torch.device(device) if isinstance(device, (str, int)) else device
-    if type(batch) in (tuple, list) and device.type in ("cpu", "cuda"):
-        # the usual DataLoader batch: nothing to do when every tensor is there already (get_device() is an int:
-        # -1 on the CPU, the index on CUDA; no torch.device object is built per tensor)
-        where = -1 if device.type == "cpu" else (
-            device.index if device.index is not None else torch.cuda.current_device())
-        for item in batch:
-            if type(item) is not torch.Tensor or item.get_device() != where:
-                break
-        else:
-            return batch
     non_blocking = isinstance(device, torch.device) and device.type not in _BLOCKING_DEVICE_TYPES
     return _move(batch, device, non_blocking)
 

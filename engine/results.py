@@ -409,7 +409,6 @@ class ResultCollection:
         self._batch_size: int | None = None  # inferred batch size of the current batch, cached on first need
         self._dataloader_idx: int | None = None  # only set while several dataloaders are evaluated
         self._in_batches = False  # between the epoch's first set_batch and epoch_end_reached (Lightning's step phase)
-        self.logged_since_batch_end = False  # lets the loop skip merging step metrics when nothing new was logged
 
     # ---- loop-facing --------------------------------------------------------------------------------------------
 
@@ -422,7 +421,6 @@ class ResultCollection:
 
     def batch_end(self) -> None:
         """Drop the reference to the current batch; call after `LoggedMetrics.update_step`."""
-        self.logged_since_batch_end = False
         self._batch = None
         self._batch_size = None
         self._dataloader_idx = None
@@ -461,7 +459,6 @@ class ResultCollection:
         rank_zero_only: bool = False,
     ) -> None:
         """Store `value` under `name` as logged from hook `fx` (Lightning's `self.log` semantics)."""
-        self.logged_since_batch_end = True
         sig = (
             fx, name, self._dataloader_idx, prog_bar, logger, on_step, on_epoch, reduce_fx, enable_graph, sync_dist,
             sync_dist_group, add_dataloader_idx, metric_attribute, rank_zero_only,

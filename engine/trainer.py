@@ -10,14 +10,14 @@ import math
 import os
 import sys
 import warnings
-from contextlib import ExitStack, nullcontext
+from contextlib import nullcontext
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
 
 from engine import events as ev
-from engine.bus import CALLBACK, Bus, Subscription
+from engine.bus import CALLBACK, Bus, Subscription, entered
 from engine.config import TrainerConfig
 from engine.control import Control
 from engine.datamodule import LightningDataModule, move_data_to_device
@@ -57,9 +57,6 @@ class _MockOptimizer(torch.optim.Optimizer):
 
 def _batch_size(batch: Any) -> int:
     """Samples in a batch for the Timestamp: size(0) of the first tensor found (0 when there is none)."""
-    if type(batch) in (tuple, list) and batch and type(batch[0]) is Tensor:  # the usual (x, y) batch
-        first = batch[0]
-        return first.size(0) if first.dim() else 1
     if isinstance(batch, Tensor):
         return batch.shape[0] if batch.dim() else 1
     if isinstance(batch, (list, tuple)):
@@ -652,11 +649,8 @@ class Trainer:
         s = self.settings
         return s.max_epochs == 0 or s.max_steps == 0 or s.limit_train_batches == 0
 
-    def _val_enabled(self) -> bool:
-        return self._val_on
-
     def _should_sanity_check(self) -> bool:
-        return self._val_enabled() and self.settings.num_sanity_val_steps != 0
+        return self._val_on and self.settings.num_sanity_val_steps != 0
 
     def _load_train_dataloader(self, loop: FitLoop) -> None:
         """Call the train_dataloader source, size it under limit_train_batches, compute val_check_batch."""
@@ -717,9 +711,7 @@ class Trainer:
             self._samples_seen += first.size(0)
         else:
             self._samples_seen += _batch_size(batch)
-        results = self._train_results
-        self._results = results
-        results.set_batch(batch)
+        self._train_results.set_batch(batch)  # self._results points at it from epoch_start and after validation
         hs = loop.hot.batch_started
         if hs:
             self.bus.call(hs, ev.BatchStarted(self, self.timestamp, batch, loop.batch_idx))
@@ -813,7 +805,7 @@ class Trainer:
         hot = loop.hot
         wraps = hot.wrap_optimizer_step
         try:
-            with _wrapped(wraps) if wraps else _NULL:
+            with entered(wraps):
                 if self._optimizer_step_overridden:
                     lopt = self._lightning_optimizers[0] if self._lightning_optimizers else optimizer
                     self._call_module("optimizer_step", self.current_epoch, loop.batch_idx, lopt, loop.closure)
@@ -847,7 +839,7 @@ class Trainer:
         if hs:
             self.bus.call(hs, ev.BeforeBackward(self, self.timestamp, loss))
         provider = self.bus.providers.get("backward")
-        with _wrapped(self.bus.wrappers.get("backward")):
+        with entered(self.bus.wrappers.get("backward")):
             if provider is not None:
                 provider[1](loss, *args, **kwargs)
             else:
@@ -866,7 +858,7 @@ class Trainer:
             return result
 
         provider = self.bus.providers.get("optimizer_step")
-        with _wrapped(self.bus.wrappers.get("optimizer_step")):
+        with entered(self.bus.wrappers.get("optimizer_step")):
             if provider is not None:
                 result = provider[1](optimizer, wrapped, **kwargs)
             else:
@@ -902,7 +894,7 @@ class Trainer:
         """Lightning's val-check rule, evaluated after each training batch (batch_idx already advanced)."""
         if self.control.validate_requested:
             self.control.validate_requested = False
-            return self._val_enabled()
+            return self._val_on
         if not self._val_on:
             return False
         n = self.settings.check_val_every_n_epoch
@@ -1295,19 +1287,6 @@ class Trainer:
 
     def save_checkpoint(self, filepath: str, weights_only: bool | None = None, storage_options: Any = None) -> None:
         raise NotImplementedError("trainer.save_checkpoint: checkpointing is not available in statetrain yet")
-
-
-_NULL = nullcontext()
-
-
-def _wrapped(wraps: tuple | None) -> Any:
-    """The phase wrappers of a handler entered in order (a no-op context when there are none)."""
-    if not wraps:
-        return nullcontext()
-    stack = ExitStack()
-    for w in wraps:
-        stack.enter_context(w())
-    return stack
 
 
 def _overridden(obj: Any, name: str) -> bool:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from engine import events as ev
+from engine.bus import entered
 from engine.errors import MisconfigurationException
 from engine.machine import DONE, Machine
 from engine.results import ResultCollection
@@ -134,15 +135,7 @@ class EvalLoop:
             args = args + (dl_idx,)
         module = self.module
         module.__dict__["_current_fx_name"] = spec.step
-        wraps = t.bus.wrappers.get("eval_forward")
-        if wraps:
-            from contextlib import ExitStack
-
-            with ExitStack() as stack:
-                for w in wraps:
-                    stack.enter_context(w())
-                out = self.step_fn(*args)
-        else:
+        with entered(t.bus.wrappers.get("eval_forward")):
             out = self.step_fn(*args)
         if self.stage == "predict" and self.return_predictions:
             self.predictions[dl_idx].append(out)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from engine import events as ev
+from engine.bus import entered
 from engine.loops.data import set_sampler_epoch
 from engine.loops.evaluate import accepts_batch_idx
 from engine.machine import DONE, Machine
@@ -158,11 +159,7 @@ class FitLoop:
         args = (self.batch, self.batch_idx) if self.pass_batch_idx else (self.batch,)
         wraps = self.hot.wrap_forward
         if wraps:
-            from contextlib import ExitStack
-
-            with ExitStack() as stack:
-                for w in wraps:
-                    stack.enter_context(w())
+            with entered(wraps):
                 return module.training_step(*args)
         return module.training_step(*args)
 
@@ -172,15 +169,7 @@ class FitLoop:
         hs = hot.before_backward
         if hs:
             t.bus.call(hs, ev.BeforeBackward(t, t.timestamp, loss))
-        wraps = hot.wrap_backward
-        if wraps:
-            from contextlib import ExitStack
-
-            with ExitStack() as stack:
-                for w in wraps:
-                    stack.enter_context(w())
-                t._backward_fn(loss)
-        else:
+        with entered(hot.wrap_backward):
             t._backward_fn(loss)
         hs = hot.after_backward
         if hs:

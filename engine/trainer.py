@@ -41,6 +41,8 @@ from strategies.single_device import SingleDeviceStrategy
 
 __all__ = ["Trainer"]
 
+_NO_WRAP = nullcontext()
+
 
 class _MockOptimizer(torch.optim.Optimizer):
     """Stands in when configure_optimizers returns None: step only runs the closure."""
@@ -805,7 +807,7 @@ class Trainer:
         hot = loop.hot
         wraps = hot.wrap_optimizer_step
         try:
-            with entered(wraps):
+            with entered(wraps) if wraps else _NO_WRAP:  # no call at all on the usual step
                 if self._optimizer_step_overridden:
                     lopt = self._lightning_optimizers[0] if self._lightning_optimizers else optimizer
                     self._call_module("optimizer_step", self.current_epoch, loop.batch_idx, lopt, loop.closure)

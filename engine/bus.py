@@ -6,14 +6,25 @@ listens to costs one dict lookup. Order is `(priority, registration order)`; low
 
     STRATEGY 100 < PRECISION 200 < CALLBACK 300 < MODULE 400 < METRICS 500 < LOGGER 600 < MONITOR 700 < PROGRESS 800 < TRACE 900
 
-A handler may observe (`on_<event>` methods or `bus.subscribe`), wrap a phase (`wrap_<phase>()` returning a context
-manager), provide the single implementation of an action (`provide_<action>`), and steer through `event.control`.
+A handler may observe (`on_<event>` methods or `bus.subscribe`), wrap a phase (`wrap_<phase>(context)` returning a
+context manager; a `wrap_<phase>()` without the parameter is called without it), provide the single implementation
+of an action (`provide_<action>(..., context=...)`; `context` is passed only when the provider declares it), and
+steer through `event.control`. The phase context (`engine.loops.optimization.PhaseContext`) says which optimizer,
+which batch and whether this micro-batch steps, so a DDP `no_sync` wrapper or a GradScaler provider needs nothing
+else. Phases and actions, in the order one training step meets them:
+
+    wrap:    train_step (forward and backward of one micro-batch) > forward, backward, optimizer_step, eval_forward
+    provide: forward, backward, unscale, clip, optimizer_step, resolve_control
+
+Instrumentations (profilers, a trace recorder) wrap every dispatch target; several coexist, applied in the order
+they were added.
 """
 
 from __future__ import annotations
 
 import difflib
 import itertools
+import inspect
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any, Callable, Iterable, Iterator
 
@@ -28,20 +39,47 @@ __all__ = [
 STRATEGY, PRECISION, CALLBACK, MODULE, METRICS, LOGGER, MONITOR, PROGRESS, TRACE = (
     100, 200, 300, 400, 500, 600, 700, 800, 900)
 
-PHASES = ("forward", "backward", "optimizer_step", "eval_forward")
-ACTIONS = ("backward", "optimizer_step")
+PHASES = ("train_step", "forward", "backward", "optimizer_step", "eval_forward")
+ACTIONS = ("forward", "backward", "unscale", "clip", "optimizer_step", "resolve_control")
 
 _NULL = nullcontext()
 
+Wrapper = Callable[[Any], AbstractContextManager]
 
-def entered(wraps: tuple[Callable[[], AbstractContextManager], ...] | None) -> AbstractContextManager:
-    """A phase's wrappers (from `Bus.wrappers`) entered in order, as one context; a shared no-op when there are none."""
+
+def entered(wraps: tuple[Wrapper, ...] | None, context: Any = None) -> AbstractContextManager:
+    """A phase's wrappers (from `Bus.wrappers`) entered in order with the phase context, as one context; a shared
+    no-op when there are none."""
     if not wraps:
         return _NULL
     stack = ExitStack()
     for w in wraps:
-        stack.enter_context(w())
+        stack.enter_context(w(context))
     return stack
+
+
+def _takes_argument(fn: Callable) -> bool:
+    """Whether a bound `wrap_<phase>` method declares a parameter (it then receives the phase context)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
+
+
+def _as_wrapper(fn: Callable) -> Wrapper:
+    if _takes_argument(fn):
+        return fn
+    return lambda context: fn()
+
+
+def declares_context(fn: Callable) -> bool:
+    """Whether a provider declares a `context` parameter (or **kwargs): it then receives `context=`."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "context" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 _METHOD_TO_EVENT: dict[str, type[Event]] = {handler_method_name(t): t for t in CATALOGUE}
@@ -109,13 +147,15 @@ class Bus:
         self._seq = itertools.count()
         self.table: dict[type, tuple[Callable, ...]] = {}  # mutated in place: loops may hold a reference
         self._names: dict[type, tuple[str, ...]] = {}
-        self._wraps: dict[str, list[tuple[int, int, str, Callable[[], AbstractContextManager]]]] = {}
-        self.wrappers: dict[str, tuple[Callable[[], AbstractContextManager], ...]] = {}
+        # phase -> (priority, seq, name, wrapper taking the context, owner)
+        self._wraps: dict[str, list[tuple[int, int, str, Wrapper, object]]] = {}
+        self.wrappers: dict[str, tuple[Wrapper, ...]] = {}
         self.providers: dict[str, tuple[str, Callable]] = {}
+        self._provider_owners: dict[str, object] = {}
         self._attached: dict[int, list[Subscription]] = {}
         self._deferred = 0  # > 0 inside `batch()`: table rebuilds wait until it ends
         self.version = 0  # bumped on every rebuild: loops cache per-step listeners and refresh when it changes
-        self.instrumentation: Callable[[type, str, Callable], Callable] | None = None
+        self._instrumentations: list[tuple[object, Callable[[type, str, Callable], Callable]]] = []
 
     # -- subscription -------------------------------------------------------------------------------------------
     def subscribe(self, event_type: type, fn: Callable[[Any], None], *, priority: int = CALLBACK,
@@ -186,22 +226,28 @@ class Bus:
             subs = [self.subscribe(t, getattr(handler, a), priority=prio, name=f"{hname}.{a}") for t, a in events]
         for attr in wraps:
             self._wraps.setdefault(attr[5:], []).append((prio, next(self._seq), f"{hname}.{attr}",
-                                                         getattr(handler, attr)))
+                                                         _as_wrapper(getattr(handler, attr)), handler))
         for attr in provides:
             self.providers[attr[8:]] = (hname, getattr(handler, attr))
+            self._provider_owners[attr[8:]] = handler
         self._attached[id(handler)] = subs
         self._rebuild()
         return subs
 
+    def is_attached(self, handler: object) -> bool:
+        """Whether `attach(handler)` registered it and it was not detached since."""
+        return id(handler) in self._attached
+
     def detach(self, handler: object) -> None:
-        """Remove everything `attach(handler)` registered."""
+        """Remove everything `attach(handler)` registered: subscriptions, wrappers and providers (idempotent)."""
         for sub in self._attached.pop(id(handler), []):
             self._remove(sub, rebuild=False)
         for phase, items in self._wraps.items():
-            items[:] = [w for w in items if getattr(w[3], "__self__", None) is not handler]
-        for action, (name, fn) in list(self.providers.items()):
-            if getattr(fn, "__self__", None) is handler:
+            items[:] = [w for w in items if w[4] is not handler]
+        for action, owner in list(self._provider_owners.items()):
+            if owner is handler:
                 del self.providers[action]
+                del self._provider_owners[action]
         self._rebuild()
 
     def _remove(self, sub: Subscription, rebuild: bool = True) -> None:
@@ -219,19 +265,43 @@ class Bus:
         for t in types:
             subs = [s for s in ordered if issubclass(t, s.event_type)]
             if subs:
-                if self.instrumentation is None:
+                if not self._instrumentations:
                     self.table[t] = tuple(s.target for s in subs)
                 else:
-                    wrap = self.instrumentation
-                    self.table[t] = tuple(wrap(t, s.name, s.target) for s in subs)
+                    self.table[t] = tuple(self._instrumented(t, s.name, s.target) for s in subs)
                 self._names[t] = tuple(s.name for s in subs)
-        self.wrappers = {p: tuple(w[3] for w in sorted(items)) for p, items in self._wraps.items() if items}
+        self.wrappers = {p: tuple(w[3] for w in sorted(items, key=lambda w: (w[0], w[1])))
+                         for p, items in self._wraps.items() if items}
+
+    def _instrumented(self, event_type: type, name: str, fn: Callable) -> Callable:
+        for _, factory in self._instrumentations:
+            fn = factory(event_type, name, fn)
+        return fn
+
+    # -- instrumentation ----------------------------------------------------------------------------------------
+    def add_instrumentation(self, factory: Callable[[type, str, Callable], Callable], owner: object = None) -> None:
+        """Wrap every dispatch target as `factory(event_type, name, fn)` from now on (profilers, trace recorders);
+        several coexist, the first added innermost. `owner` (default: the factory) identifies it for removal."""
+        self._instrumentations.append((factory if owner is None else owner, factory))
+        self._rebuild()
+
+    def remove_instrumentation(self, owner: object) -> None:
+        """Remove the instrumentation(s) added with `owner` (or that factory); idempotent."""
+        self._instrumentations = [(o, f) for o, f in self._instrumentations if o is not owner and f is not owner]
+        self._rebuild()
+
+    def instrumented_by(self) -> list[object]:
+        """The owners of the current instrumentations, in the order they were added."""
+        return [o for o, _ in self._instrumentations]
+
+    @property
+    def instrumentation(self) -> Callable[[type, str, Callable], Callable] | None:
+        """The combined instrumentation factory, or None when there is none."""
+        return self._instrumented if self._instrumentations else None
 
     def instrument(self, factory: Callable[[type, str, Callable], Callable] | None) -> None:
-        """Wrap every dispatch target as `factory(event_type, name, fn)` (profilers), or unwrap with None.
-
-        The tables are rebuilt now and on every later change; without a factory they hold the plain callables."""
-        self.instrumentation = factory
+        """Make `factory` the only instrumentation (None removes them all); `add_instrumentation` adds one."""
+        self._instrumentations = [] if factory is None else [(factory, factory)]
         self._rebuild()
 
     # -- dispatch -----------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """The typed events of statetrain: one small frozen, slotted class per point in the run.
 
-Every event carries the trainer and the Timestamp current when it fired, plus exactly the data a handler needs.
+Every event carries a narrow read-only view of the run (`RunView`: timestamp, stage, control, metrics, ranks, and the
+Trainer for Lightning callbacks) and the Timestamp current when it fired, plus exactly the data a handler needs. A
+trace replay passes a stub view; `event.trainer` is then None.
 Events come in Started/Ended pairs. `LIGHTNING_HOOKS` maps each event to the Lightning hook fired at the same point,
 and `lightning_args()` gives that hook's arguments after `(trainer, pl_module)`; the Callback and module adapters use
 both. An event nobody listens to is never constructed (see `engine.bus`).
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 from engine.state import Timestamp
 
@@ -18,11 +20,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
     from torch.optim import Optimizer
 
-    from engine.control import Control
+    from engine.control import Control, ControlRequest
     from engine.trainer import Trainer
 
 __all__ = [
-    "Event", "Setup", "Teardown", "FitStarted", "FitEnded", "SanityCheckStarted", "SanityCheckEnded",
+    "Event", "RunView", "Setup", "Teardown", "FitStarted", "FitEnded", "SanityCheckStarted", "SanityCheckEnded",
     "TrainStarted", "TrainEnded", "EpochStarted", "EpochEnded", "BatchStarted", "BatchEnded",
     "BeforeZeroGrad", "BeforeBackward", "AfterBackward", "BeforeOptimizerStep", "OptimizerStepped",
     "ValidationStarted", "ValidationEnded", "ValidationEpochStarted", "ValidationEpochEnded",
@@ -30,23 +32,49 @@ __all__ = [
     "TestEpochEnded", "TestBatchStarted", "TestBatchEnded", "PredictStarted", "PredictEnded",
     "PredictEpochStarted", "PredictEpochEnded", "PredictBatchStarted", "PredictBatchEnded",
     "ExceptionRaised", "SaveCheckpoint", "LoadCheckpoint", "StateChanged", "EvalBatchStarted", "EvalBatchEnded",
+    "BatchCompleted", "EpochCompleted", "MetricsWritten", "ControlRequested",
     "CATALOGUE", "LIGHTNING_HOOKS", "handler_method_name",
 ]
 
 _ev = dataclass(frozen=True, slots=True, eq=False)
 
 
+class RunView(Protocol):
+    """What an event tells a handler about the run, read-only. The run context implements it; a replay stubs it."""
+
+    @property
+    def trainer(self) -> "Trainer | None": ...
+    @property
+    def control(self) -> "Control": ...
+    @property
+    def timestamp(self) -> Timestamp: ...
+    @property
+    def stage(self) -> str | None: ...
+    @property
+    def callback_metrics(self) -> Mapping[str, Any]: ...
+    @property
+    def global_rank(self) -> int: ...
+    @property
+    def world_size(self) -> int: ...
+
+
 @_ev
 class Event:
-    """Base of all events: the trainer and the Timestamp at the moment the event fired."""
+    """Base of all events: the run's view and the Timestamp at the moment the event fired."""
 
-    trainer: "Trainer"
+    run: "RunView"
     timestamp: Timestamp
+
+    @property
+    def trainer(self) -> "Trainer":
+        """The Trainer (for Lightning-style code); None when a trace replay fires the event."""
+        run = self.run
+        return None if run is None else run.trainer  # type: ignore[return-value]
 
     @property
     def control(self) -> "Control":
         """The steering object (request stop, skip, validate now, ...)."""
-        return self.trainer.control
+        return self.run.control
 
     def lightning_args(self) -> tuple:
         """Positional arguments of the matching Lightning hook after `(trainer, pl_module)`."""
@@ -339,6 +367,35 @@ class LoadCheckpoint(Event):
 
 
 @_ev
+class BatchCompleted(Event):
+    """A training batch is over, with any validation it triggered (no Lightning hook): step-interval plateau
+    schedulers and after-batch checkpoints go here. `batch_idx` is the batch's index in the epoch."""
+
+    batch_idx: int
+
+
+@_ev
+class EpochCompleted(Event):
+    """A training epoch is over and its epoch metrics are final (no Lightning hook): epoch-interval plateau
+    schedulers and end-of-epoch checkpoints go here; the epoch counter advances right after."""
+
+
+@_ev
+class MetricsWritten(Event):
+    """Metrics go to the loggers: Python floats at x-axis `step` (loggers are handlers of this event)."""
+
+    metrics: dict
+    step: int
+
+
+@_ev
+class ControlRequested(Event):
+    """A handler asked the machine to stop, skip, validate or save (fired when the request is recorded)."""
+
+    request: "ControlRequest"
+
+
+@_ev
 class StateChanged(Event):
     """The machine moved from `src` to `dst` (fired only when someone listens)."""
 
@@ -371,7 +428,8 @@ LIGHTNING_HOOKS: dict[type[Event], str] = {
 }
 
 # Every concrete event type, in the order they are documented.
-CATALOGUE: tuple[type[Event], ...] = tuple(LIGHTNING_HOOKS) + (OptimizerStepped, StateChanged)
+CATALOGUE: tuple[type[Event], ...] = tuple(LIGHTNING_HOOKS) + (
+    OptimizerStepped, BatchCompleted, EpochCompleted, MetricsWritten, ControlRequested, StateChanged)
 
 
 def handler_method_name(event_type: type[Event]) -> str:

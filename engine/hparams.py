@@ -52,11 +52,16 @@ class AttributeDict(dict):
 class HyperparametersMixin:
     """Adds `save_hyperparameters()`, `hparams` and `hparams_initial`; list it before `nn.Module` in the bases."""
 
-    __jit_unused_properties__: list[str] = ["hparams", "hparams_initial"]
+    __jit_unused_properties__: list[str] = ["hparams", "hparams_initial", "hparams_logged"]
 
     def __init__(self) -> None:
         super().__init__()
         self._log_hyperparams = False
+
+    @property
+    def hparams_logged(self) -> bool:
+        """Whether `save_hyperparameters(logger=True)` asked for these hyperparameters to go to the loggers."""
+        return bool(getattr(self, "_log_hyperparams", False))
 
     def save_hyperparameters(
         self,

@@ -15,6 +15,10 @@ The fit machine (`engine.loops.fit.build_fit_machine`):
     epoch_end      -> epoch_start | teardown
     teardown       -> done
 
+Running: `run(ctx)` starts at the initial state; `run(ctx, start=STATE)` starts at a saved position (resume), and
+`position` is the state being run (None between runs), the value a checkpoint stores. Instrumentations (profilers,
+trace recorders) wrap every state function; several coexist.
+
 Composing: `replace(state, fn)` swaps a state's function; `insert(name, fn, after=A)` runs `name` after every exit
 from A (its function returns None to continue where A was going, or one of A's targets); `insert(name, fn, before=B)`
 runs `name` on every entry into B; `add_state`/`allow` build a machine from scratch.
@@ -46,7 +50,8 @@ class Machine:
         self._before_target: dict[str, str] = {}  # inserted state -> the state it runs before
         self.on_transition: Callable[[str, str], None] | None = None
         self.on_exception: Callable[[Any, BaseException], None] | None = None
-        self.instrumentation: Callable[[str, StateFn], StateFn] | None = None
+        self._instrumentations: list[tuple[object, Callable[[str, StateFn], StateFn]]] = []
+        self.position: str | None = None  # the state being run; None outside `run`
 
     # -- building -----------------------------------------------------------------------------------------------
     def add_state(self, name: str, fn: StateFn, to: Iterable[str] = ()) -> "Machine":
@@ -113,7 +118,7 @@ class Machine:
         m.transitions = {k: set(v) for k, v in self.transitions.items()}
         m._after, m._before, m._before_target = dict(self._after), dict(self._before), dict(self._before_target)
         m.on_transition, m.on_exception = self.on_transition, self.on_exception
-        m.instrumentation = self.instrumentation
+        m._instrumentations = list(self._instrumentations)
         return m
 
     def validate(self) -> None:
@@ -134,31 +139,62 @@ class Machine:
         if unreachable:
             raise ValueError(f"machine {self.name!r}: unreachable state(s) {sorted(unreachable)}")
 
+    def add_instrumentation(self, factory: Callable[[str, StateFn], StateFn], owner: object = None) -> None:
+        """Run each state's function as `factory(state, fn)` from the next `run` on; several coexist (the first
+        added innermost). `owner` (default: the factory) identifies it for `remove_instrumentation`."""
+        self._instrumentations.append((factory if owner is None else owner, factory))
+
+    def remove_instrumentation(self, owner: object) -> None:
+        """Remove the instrumentation(s) added with `owner` (or that factory); idempotent."""
+        self._instrumentations = [(o, f) for o, f in self._instrumentations if o is not owner and f is not owner]
+
+    def instrumented_by(self) -> list[object]:
+        """The owners of the current instrumentations, in the order they were added."""
+        return [o for o, _ in self._instrumentations]
+
+    @property
+    def instrumentation(self) -> Callable[[str, StateFn], StateFn] | None:
+        """The combined instrumentation factory, or None when there is none."""
+        if not self._instrumentations:
+            return None
+
+        def combined(state: str, fn: StateFn) -> StateFn:
+            for _, factory in self._instrumentations:
+                fn = factory(state, fn)
+            return fn
+        return combined
+
     def instrument(self, factory: Callable[[str, StateFn], StateFn] | None) -> None:
-        """Run each state's function as `factory(state, fn)` from the next `run` on (profilers); None removes it."""
-        self.instrumentation = factory
+        """Make `factory` the only instrumentation (None removes them all); `add_instrumentation` adds one."""
+        self._instrumentations = [] if factory is None else [(factory, factory)]
 
     # -- running ------------------------------------------------------------------------------------------------
-    def run(self, ctx: Any) -> None:
-        """Run from the initial state until the final state, checking every transition."""
+    def run(self, ctx: Any, start: str | None = None) -> None:
+        """Run from `start` (default: the initial state) until the final state, checking every transition;
+        `position` names the state being run."""
         fns, trans, final = self.functions, self.transitions, self.final
-        if self.instrumentation is not None:
-            wrap = self.instrumentation
+        wrap = self.instrumentation
+        if wrap is not None:
             fns = {name: wrap(name, fn) for name, fn in fns.items()}
         after, before, before_target = self._after, self._before, self._before_target
         chain_legal = {a: trans[self._last_after(a)] for a in after}  # where an anchor may really go
         on_transition = self.on_transition
-        state = self.initial
+        if start is not None:
+            self._require(start)
+        state = self.initial if start is None else start
         pending: str | None = None  # where a state was going when an inserted follower took over
         try:
             if not after and not before and on_transition is None:  # nothing inserted, nobody watching
                 while state != final:
+                    self.position = state
                     nxt = fns[state](ctx)
                     if nxt not in trans[state]:
                         raise self._illegal(state, nxt, trans[state])
                     state = nxt
+                self.position = None
                 return
             while state != final:
+                self.position = state
                 nxt = fns[state](ctx)
                 if nxt is None:
                     if pending is not None:
@@ -183,6 +219,7 @@ class Machine:
                 if on_transition is not None:
                     on_transition(state, nxt)
                 state = nxt
+            self.position = None
         except BaseException as exc:
             if self.on_exception is not None:
                 self.on_exception(ctx, exc)

@@ -152,7 +152,7 @@ class LightningModule(HyperparametersMixin, nn.Module):
         if trainer.barebones:
             warnings.warn(f"self.log({name!r}, ...) does nothing with Trainer(barebones=True)", stacklevel=2)
             return
-        results = trainer._results
+        results = trainer.context.results
         fx = self._current_fx_name
         if results is None and fx is not None:
             from engine.results import check_fx
@@ -223,7 +223,7 @@ class LightningModule(HyperparametersMixin, nn.Module):
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:
         """The optimizer(s) from configure_optimizers: one object if there is one, else a list."""
         trainer = self.trainer
-        opts = trainer._lightning_optimizers if use_pl_optimizer else trainer.optimizers
+        opts = trainer.context.pipeline.lightning_optimizers if use_pl_optimizer else trainer.optimizers
         if not opts:
             return None if not use_pl_optimizer else []
         return opts[0] if len(opts) == 1 else list(opts)
@@ -252,7 +252,7 @@ class LightningModule(HyperparametersMixin, nn.Module):
             raise MisconfigurationException(
                 "manual_backward() is for manual optimization; set `self.automatic_optimization = False` in "
                 f"{type(self).__name__}.__init__, or return the loss from training_step instead")
-        self.trainer._manual_backward(loss, *args, **kwargs)
+        self.trainer.context.pipeline.manual_backward(loss, *args, **kwargs)
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         if metric is None:

@@ -1,60 +1,66 @@
-"""Steps the LR schedulers from configure_optimizers at the points Lightning steps them.
+"""Steps the LR schedulers from configure_optimizers at the points Lightning steps them, as a bus handler.
 
-- interval='step' (non-plateau): after each optimizer step when (batch_idx + 1) % frequency == 0;
-- interval='epoch' (non-plateau): after the optimizer step of the epoch's last batch, when
+- interval='step' (non-plateau): on OptimizerStepped when (batch_idx + 1) % frequency == 0;
+- interval='epoch' (non-plateau): on the OptimizerStepped of the epoch's last batch, when
   (current_epoch + 1) % frequency == 0 (before on_train_batch_end and validation, as Lightning);
-- ReduceLROnPlateau with interval='step': after the batch and any validation it triggered;
-- ReduceLROnPlateau with interval='epoch': after on_train_epoch_end, reading `monitor` from callback_metrics.
-Each step goes through `LightningModule.lr_scheduler_step(scheduler, metric)`. Manual optimization steps nothing.
+- ReduceLROnPlateau with interval='step': on BatchCompleted (after the batch and any validation it triggered);
+- ReduceLROnPlateau with interval='epoch': on EpochCompleted (after on_train_epoch_end), reading `monitor` from
+  callback_metrics.
+Each step goes through `LightningModule.lr_scheduler_step(scheduler, metric)`. The fit loop attaches it for a fit
+under automatic optimization only (manual optimization steps nothing), after every other listener of those events.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
+from engine.bus import MONITOR
 from engine.errors import MisconfigurationException
 
 if TYPE_CHECKING:  # pragma: no cover
+    from engine.events import BatchCompleted, EpochCompleted, OptimizerStepped
     from engine.optim import LRSchedulerConfig
-    from engine.trainer import Trainer
 
 __all__ = ["LRSchedulerStepper"]
 
 
 class LRSchedulerStepper:
-    """Called by the fit loop at its three scheduler points; holds no state of its own beyond the configs."""
+    """Holds no state of its own beyond the configs; `call(name, *args)` calls a module hook (the run's
+    `call_module`, so `lr_scheduler_step` runs with its hook context)."""
 
-    def __init__(self, trainer: "Trainer", configs: list["LRSchedulerConfig"]) -> None:
-        self.trainer = trainer
+    priority = MONITOR + 50  # after the callbacks, the module and the monitors have seen the event
+
+    def __init__(self, configs: list["LRSchedulerConfig"], call: Callable[..., Any]) -> None:
+        self.call = call
         self.step_configs = [c for c in configs if c.interval == "step" and not c.reduce_on_plateau]
         self.epoch_configs = [c for c in configs if c.interval == "epoch" and not c.reduce_on_plateau]
         self.plateau_step = [c for c in configs if c.interval == "step" and c.reduce_on_plateau]
         self.plateau_epoch = [c for c in configs if c.interval == "epoch" and c.reduce_on_plateau]
 
-    def after_optimizer_step(self, batch_idx: int, is_last_batch: bool) -> None:
+    def on_optimizer_stepped(self, event: "OptimizerStepped") -> None:
+        batch_idx = event.timestamp.batch_in_epoch
         for c in self.step_configs:
             if (batch_idx + 1) % c.frequency == 0:
-                self._step(c, None)
-        if is_last_batch:
-            epoch = self.trainer.current_epoch
+                self.call("lr_scheduler_step", c.scheduler, None)
+        if self.epoch_configs and event.trainer.is_last_batch:
+            epoch = event.timestamp.epoch
             for c in self.epoch_configs:
                 if (epoch + 1) % c.frequency == 0:
-                    self._step(c, None)
+                    self.call("lr_scheduler_step", c.scheduler, None)
 
-    def after_batch(self, batch_idx: int) -> None:
+    def on_batch_completed(self, event: "BatchCompleted") -> None:
         for c in self.plateau_step:
-            if (batch_idx + 1) % c.frequency == 0:
-                self._step_plateau(c)
+            if (event.batch_idx + 1) % c.frequency == 0:
+                self._step_plateau(c, event.run.callback_metrics)
 
-    def after_epoch(self) -> None:
-        epoch = self.trainer.current_epoch
+    def on_epoch_completed(self, event: "EpochCompleted") -> None:
+        epoch = event.timestamp.epoch
         for c in self.plateau_epoch:
             if (epoch + 1) % c.frequency == 0:
-                self._step_plateau(c)
+                self._step_plateau(c, event.run.callback_metrics)
 
-    def _step_plateau(self, c: "LRSchedulerConfig") -> None:
-        metrics = self.trainer.callback_metrics
+    def _step_plateau(self, c: "LRSchedulerConfig", metrics: Any) -> None:
         if c.monitor not in metrics:
             available = ", ".join(sorted(metrics)) or "(none)"
             if c.strict:
@@ -65,7 +71,4 @@ class LRSchedulerStepper:
             warnings.warn(f"ReduceLROnPlateau: metric {c.monitor!r} not found (available: {available}); "
                           "skipping this scheduler step", RuntimeWarning, stacklevel=2)
             return
-        self._step(c, metrics[c.monitor])
-
-    def _step(self, c: "LRSchedulerConfig", metric: Any) -> None:
-        self.trainer._call_module("lr_scheduler_step", c.scheduler, metric)
+        self.call("lr_scheduler_step", c.scheduler, metrics[c.monitor])

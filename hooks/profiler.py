@@ -1,8 +1,8 @@
 """Profilers: where the time of a run goes, per machine state and per handler (Lightning's `profiler=` flag).
 
 `SimpleProfiler` times every state function of the fit and evaluation machines and every handler call per event type
-(through `Machine.instrument` / `Bus.instrument`, so nothing costs anything when no profiler is attached) and prints a
-table, slowest first: "why is my training slow" answered by name, e.g. `handler:TQDMProgressBar.on_train_batch_end@
+(through `Machine.add_instrumentation` / `Bus.add_instrumentation`, which coexist with other instrumentations, so
+nothing costs anything when no profiler is attached) and prints a table, slowest first: "why is my training slow" answered by name, e.g. `handler:TQDMProgressBar.on_train_batch_end@
 BatchEnded`. `PyTorchProfiler` runs the run under `torch.profiler.profile` and writes a trace TensorBoard can load.
 
 The trainer calls `profiler.attach(trainer, stage)` before a run and `profiler.detach(trainer)` then
@@ -112,8 +112,11 @@ class Profiler:
                 f"{type(self).__name__}.attach: already attached to a trainer; call detach(trainer) first")
         machines = [m for m in (getattr(trainer, "machine", None), getattr(trainer, "eval_machine", None))
                     if m is not None]
-        busy = [m.name for m in machines if m.instrumentation is not None]
-        if busy or trainer.bus.instrumentation is not None:
+        def profiled(owners: list[object]) -> bool:
+            return any(isinstance(o, Profiler) for o in owners)
+
+        busy = [m.name for m in machines if profiled(m.instrumented_by())]
+        if busy or profiled(trainer.bus.instrumented_by()):
             raise MisconfigurationException(
                 f"{type(self).__name__}.attach: the trainer's {' and '.join(busy) or 'bus'} machine/bus is already "
                 "instrumented by another profiler; attach one profiler per run (detach the other first)")
@@ -228,15 +231,15 @@ class SimpleProfiler(Profiler):
         self._t_start, self._t_end = perf_counter(), None
         timings = self._timings
         for m in machines:
-            m.instrument(lambda state, fn, m=m: timings.timed(_machine_label(m, state), fn))
-        trainer.bus.instrument(lambda t, name, fn: timings.timed(_handler_label(t, name), fn))
+            m.add_instrumentation(lambda state, fn, m=m: timings.timed(_machine_label(m, state), fn), owner=self)
+        trainer.bus.add_instrumentation(lambda t, name, fn: timings.timed(_handler_label(t, name), fn), owner=self)
         self._machines, self._bus = machines, trainer.bus
 
     def detach(self, trainer: "Trainer") -> None:
         if self._bus is not None:
-            self._bus.instrument(None)
+            self._bus.remove_instrumentation(self)
             for m in self._machines:
-                m.instrument(None)
+                m.remove_instrumentation(self)
             self._t_end = perf_counter()
         self._machines, self._bus = [], None
         super().detach(trainer)
@@ -452,10 +455,11 @@ class PyTorchProfiler(Profiler):
 
         self._machines = [m for m in (trainer.machine, trainer.eval_machine) if m is not None]
         for m in self._machines:
-            m.instrument(lambda state, fn, m=m: labelled("[statetrain]" + _machine_label(m, state), fn))
-        trainer.bus.instrument(  # not our own step: a range open across profiler.step() upsets torch
+            m.add_instrumentation(lambda state, fn, m=m: labelled("[statetrain]" + _machine_label(m, state), fn),
+                                  owner=self)
+        trainer.bus.add_instrumentation(  # not our own step: a range open across profiler.step() upsets torch
             lambda t, name, fn: fn if name.startswith("PyTorchProfiler.") else labelled(
-                "[statetrain]" + _handler_label(t, name), fn))
+                "[statetrain]" + _handler_label(t, name), fn), owner=self)
         self._bus = trainer.bus
         event = BatchEnded if self._stage == "fit" else EvalBatchEnded
         self._subs = [trainer.bus.subscribe(event, self._on_batch_end, priority=10_000, name="PyTorchProfiler.step")]
@@ -489,10 +493,10 @@ class PyTorchProfiler(Profiler):
             sub.remove()
         self._subs = []
         if self._bus is not None:
-            self._bus.instrument(None)
+            self._bus.remove_instrumentation(self)
             self._bus = None
         for m in self._machines:
-            m.instrument(None)
+            m.remove_instrumentation(self)
         self._machines = []
         if self._modules is not None:
             self._modules.remove()

@@ -1,12 +1,15 @@
-"""Accelerator resolution: turn Trainer(accelerator=...) into a torch.device that exists on this machine."""
+"""Accelerator and strategy resolution: Trainer(accelerator=..., devices=..., strategy=...) into a torch.device
+that exists on this machine and the strategy that runs on it."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
 from engine.errors import MisconfigurationException
 
-__all__ = ["resolve_device", "cuda_available", "mps_available"]
+__all__ = ["resolve_device", "select_strategy", "cuda_available", "mps_available"]
 
 _KNOWN = ("auto", "cpu", "cuda", "gpu", "mps", "tpu")
 
@@ -59,3 +62,16 @@ def resolve_device(accelerator: object, devices: object = "auto") -> torch.devic
         raise MisconfigurationException("Trainer(accelerator='tpu'): TPUs are not supported by statetrain")
     raise MisconfigurationException(
         f"Trainer(accelerator={accelerator!r}): unknown accelerator; expected one of {', '.join(_KNOWN)}")
+
+
+def select_strategy(settings: Any) -> Any:
+    """The strategy for a run, from the Trainer's settings (Lightning's 'auto' resolution on one process).
+
+    An instance passed as `strategy=` is used as it is; 'auto' and 'single_device' give a SingleDeviceStrategy on the
+    resolved device. Multi-process strategies come with the strategies issue and are refused by the config today."""
+    flag = getattr(settings, "strategy", "auto")
+    if flag is not None and not isinstance(flag, str) and hasattr(flag, "setup_module"):
+        return flag
+    from strategies.single_device import SingleDeviceStrategy
+
+    return SingleDeviceStrategy(resolve_device(settings.accelerator, settings.devices))

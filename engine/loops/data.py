@@ -1,20 +1,22 @@
-"""Dataloader helpers for the loops: batch limits, sizing, sampler epochs, batch transfer."""
+"""The loops' data: where each dataloader comes from and when it is (re)loaded (`DataSources`), batch limits,
+sizing, sampler epochs, and the batch transfer to the device (`BatchTransfer`)."""
 
 from __future__ import annotations
 
 import math
 import os
 import warnings
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
 
 from engine.errors import MisconfigurationException
 
 if TYPE_CHECKING:  # pragma: no cover
-    from engine.trainer import Trainer
+    from engine.loops.context import RunContext
 
-__all__ = ["as_loader_list", "num_batches", "set_sampler_epoch", "without_shuffle", "has_len", "maybe_seed_workers"]
+__all__ = ["as_loader_list", "num_batches", "set_sampler_epoch", "without_shuffle", "has_len", "maybe_seed_workers",
+           "check_not_empty", "overridden", "DataSources", "BatchTransfer"]
 
 
 def has_len(loader: Any) -> bool:
@@ -92,7 +94,7 @@ def without_shuffle(loader: Any) -> Any:
     return loader
 
 
-def maybe_seed_workers(loader: Any, trainer: "Trainer") -> Any:
+def maybe_seed_workers(loader: Any, global_rank: int) -> Any:
     """With seed_everything(workers=True), give a multi-worker DataLoader without worker_init_fn a seeded one."""
     if (os.environ.get("PL_SEED_WORKERS") == "1" and isinstance(loader, DataLoader) and loader.num_workers > 0
             and loader.worker_init_fn is None and not isinstance(loader.dataset, IterableDataset)):
@@ -101,7 +103,7 @@ def maybe_seed_workers(loader: Any, trainer: "Trainer") -> Any:
         from engine.seed import worker_init_function
 
         sampler = loader.sampler if loader.batch_size is not None else None
-        changes: dict[str, Any] = {"worker_init_fn": partial(worker_init_function, rank=trainer.global_rank)}
+        changes: dict[str, Any] = {"worker_init_fn": partial(worker_init_function, rank=global_rank)}
         if sampler is not None:
             changes["sampler"] = sampler
         else:
@@ -123,3 +125,185 @@ def check_not_empty(loaders: Sequence[Any], what: str) -> None:
             raise MisconfigurationException(
                 f"the {what} dataloader{suffix} has length 0{detail}; it yields no batch. Give it data, lower "
                 "batch_size or set drop_last=False")
+
+
+# -- where the loops get their data ----------------------------------------------------------------------------------
+def overridden(obj: Any, base: type, name: str) -> bool:
+    """Whether `obj`'s class overrides `base.name`."""
+    return getattr(type(obj), name, None) is not getattr(base, name, None)
+
+
+class DataSources:
+    """The run's dataloaders: where each comes from (an argument, the datamodule or the module's hook), when it is
+    (re)loaded, how many batches each gives, and the strategy's `process_dataloader` on every load.
+
+    The Trainer's `train_dataloader`, `val_dataloaders`, `num_training_batches`, ... are views of this object."""
+
+    def __init__(self, ctx: "RunContext") -> None:
+        self.ctx = ctx
+        self.train_source: Callable[[], Any] | None = None
+        self.val_source: Callable[[], Any] | None = None
+        self.eval_source: Callable[[], Any] | None = None
+        self.train_dataloader: Any = None
+        self.val_dataloaders: Any = None
+        self.test_dataloaders: Any = None
+        self.predict_dataloaders: Any = None
+        self.num_training_batches: int | float = math.inf
+        self.num_sanity_val_batches: list[int | float] = []
+        self.num_val_batches: list[int | float] = []
+        self.num_test_batches: list[int | float] = []
+        self.num_predict_batches: list[int | float] = []
+        self.val_check_batch: int | float = math.inf
+        self.train_sized = True
+        self.last_train_reload = -1
+        self.val_loaders: list[Any] | None = None
+        self.last_val_reload = -1
+        self.warned_log_interval = False
+
+    # -- sources ----------------------------------------------------------------------------------------------------
+    def prepare(self, fn: str, model: Any, datamodule: Any, train: Any = None, val: Any = None,
+                eval_loaders: Any = None) -> None:
+        """Remember where each dataloader of run `fn` comes from: an argument, the datamodule, or the module's hook."""
+        from engine.datamodule import LightningDataModule
+        from engine.module import LightningModule
+
+        ctx = self.ctx
+
+        def source(given: Any, hook: str) -> Callable[[], Any] | None:
+            if given is not None:
+                return lambda: given
+            owner = datamodule if datamodule is not None and overridden(datamodule, LightningDataModule, hook) else None
+            if owner is None and overridden(model, LightningModule, hook):
+                owner = model
+            if owner is None:
+                return None
+            return lambda: ctx.call_hook(owner, hook)
+
+        if fn == "fit":
+            self.train_source = source(train, "train_dataloader")
+            self.val_source = source(val, "val_dataloader")
+        else:
+            hook = {"validate": "val_dataloader", "test": "test_dataloader", "predict": "predict_dataloader"}[fn]
+            self.eval_source = source(eval_loaders, hook)
+            if self.eval_source is None:
+                raise MisconfigurationException(
+                    f"trainer.{fn}: no data; pass dataloaders=..., a datamodule, or define "
+                    f"{type(model).__name__}.{hook}()")
+        self.val_loaders = None
+        self.last_val_reload = -1
+
+    def _process(self, loader: Any, stage: str) -> Any:
+        return self.ctx.strategy.process_dataloader(maybe_seed_workers(loader, self.ctx.global_rank), stage)
+
+    # -- fit ----------------------------------------------------------------------------------------------------------
+    def load_train(self) -> None:
+        """Call the train source, size it under limit_train_batches and compute val_check_batch."""
+        ctx = self.ctx
+        s = ctx.settings
+        assert self.train_source is not None
+        loaders = as_loader_list(self.train_source(), "train_dataloaders")
+        if len(loaders) != 1:
+            raise MisconfigurationException(
+                f"trainer.fit: expected one train dataloader, got {len(loaders)}; combine them into one")
+        loader = loaders[0]
+        check_not_empty([loader], "train")
+        if s.overfit_batches:
+            loader = without_shuffle(loader)
+        loader = self._process(loader, "fit")
+        self.train_dataloader = loader
+        self.train_sized = has_len(loader)
+        self.num_training_batches = num_batches(loader, s.limit_train_batches, "train")
+        every = s.log_every_n_steps
+        if ctx.loggers and every and self.num_training_batches < every and not self.warned_log_interval:
+            self.warned_log_interval = True
+            warnings.warn(f"The number of training batches ({self.num_training_batches}) is smaller than the logging "
+                          f"interval Trainer(log_every_n_steps={every}). Set a lower value for log_every_n_steps if "
+                          "you want to see logs for the training epoch.", UserWarning, stacklevel=2)
+        self.last_train_reload = ctx.progress.epoch
+        vci = s.val_check_interval
+        if isinstance(vci, int) and not isinstance(vci, bool):
+            if s.check_val_every_n_epoch is not None and self.train_sized and vci > self.num_training_batches:
+                raise MisconfigurationException(
+                    f"Trainer(val_check_interval={vci}) must be <= the number of training batches "
+                    f"({self.num_training_batches}); to validate by total batches across epochs set "
+                    "check_val_every_n_epoch=None, to disable validation set limit_val_batches=0")
+            self.val_check_batch = vci
+        elif not self.train_sized or self.num_training_batches == math.inf:
+            if vci != 1.0:
+                raise MisconfigurationException(
+                    f"Trainer(val_check_interval={vci}): with a train dataloader without a length, "
+                    "val_check_interval must be 1.0 or an int number of batches")
+            self.val_check_batch = math.inf
+        else:
+            self.val_check_batch = max(1, int(self.num_training_batches * vci))
+
+    def estimated_train_batches(self) -> int | float:
+        """Batches per training epoch, loading the train dataloader if that has not happened yet."""
+        if self.train_dataloader is None and self.train_source is not None:
+            loader = as_loader_list(self.train_source(), "train_dataloaders")[0]
+            return num_batches(loader, self.ctx.settings.limit_train_batches, "train")
+        return self.num_training_batches
+
+    def load_val(self, stage: str) -> list[Any]:
+        """Validation loaders inside fit: loaded the first time, then every reload_dataloaders_every_n_epochs."""
+        n = self.ctx.settings.reload_dataloaders_every_n_epochs
+        epoch = self.ctx.progress.epoch
+        if self.val_loaders is None or (stage == "validate" and n and epoch - self.last_val_reload >= n):
+            assert self.val_source is not None
+            loaders = [self._process(dl, "validate") for dl in as_loader_list(self.val_source(), "val_dataloaders")]
+            check_not_empty(loaders, "val")
+            self.val_loaders = loaders
+            self.last_val_reload = epoch
+            self.val_dataloaders = loaders[0] if len(loaders) == 1 else loaders
+        return self.val_loaders
+
+    # -- validate / test / predict ------------------------------------------------------------------------------------
+    def load_eval(self, stage: str) -> tuple[list[Any], list[int | float]]:
+        """The loaders of trainer.validate/test/predict and their batch limits."""
+        assert self.eval_source is not None
+        loaders = [self._process(dl, stage) for dl in as_loader_list(self.eval_source(), f"{stage} dataloaders")]
+        check_not_empty(loaders, stage)
+        what = {"validate": "val", "test": "test", "predict": "predict"}[stage]
+        limits = [num_batches(dl, getattr(self.ctx.settings, f"limit_{what}_batches"), what) for dl in loaders]
+        attr = {"validate": "val_dataloaders", "test": "test_dataloaders", "predict": "predict_dataloaders"}[stage]
+        setattr(self, attr, loaders[0] if len(loaders) == 1 else loaders)
+        setattr(self, f"num_{what}_batches", limits)
+        return loaders, limits
+
+
+class BatchTransfer:
+    """on_before_batch_transfer -> transfer_batch_to_device -> on_after_batch_transfer (Lightning's order), planned
+    once per run: the datamodule's hook where it overrides one, else the module's; the default move is the
+    strategy's `batch_to_device`."""
+
+    def __init__(self, ctx: "RunContext") -> None:
+        from engine.datamodule import LightningDataModule
+        from engine.module import LightningModule
+
+        self.ctx = ctx
+        dm, model = ctx.datamodule, ctx.module
+        plan = []
+        for name in ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer"):
+            if dm is not None and overridden(dm, LightningDataModule, name):
+                plan.append((dm, name))
+            elif overridden(model, LightningModule, name):
+                plan.append((model, name))
+            elif name == "transfer_batch_to_device":
+                plan.append((None, name))
+        self.plan = tuple(plan) if len(plan) > 1 or plan[0][0] is not None else None
+        self.to_device = ctx.strategy.batch_to_device
+
+    def __call__(self, batch: Any, dataloader_idx: int) -> Any:
+        plan = self.plan
+        if plan is None:
+            return self.to_device(batch)
+        ctx = self.ctx
+        device = ctx.strategy.root_device
+        for owner, name in plan:
+            if owner is None:
+                batch = self.to_device(batch)
+            elif name == "transfer_batch_to_device":
+                batch = ctx.call_hook(owner, name, batch, device, dataloader_idx)
+            else:
+                batch = ctx.call_hook(owner, name, batch, dataloader_idx)
+        return batch

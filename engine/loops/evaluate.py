@@ -11,17 +11,19 @@ import inspect
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
 from engine import events as ev
 from engine.bus import entered
 from engine.errors import MisconfigurationException
 from engine.machine import DONE, Machine
 from engine.results import ResultCollection
+from engine.state import Stage, Timestamp
 
 if TYPE_CHECKING:  # pragma: no cover
-    from engine.trainer import Trainer
+    from engine.loops.context import RunContext
 
-__all__ = ["EvalLoop", "build_eval_machine", "STAGES", "accepts_batch_idx"]
+__all__ = ["EvalLoop", "build_eval_machine", "STAGES", "accepts_batch_idx", "run_eval_stage", "check_step_implemented"]
 
 
 class _StageSpec:
@@ -69,20 +71,21 @@ def _overridden(module: Any, name: str) -> bool:
 class EvalLoop:
     """One evaluation run over `loaders`, each limited to `limits[i]` batches."""
 
-    def __init__(self, trainer: "Trainer", stage: str, loaders: list[Any], limits: list[int | float],
+    def __init__(self, run: "RunContext", stage: str, loaders: list[Any], limits: list[int | float],
                  in_fit: bool = False, return_predictions: bool = True) -> None:
-        self.trainer = trainer
+        self.run_context = run
+        self.trainer = run.trainer
         self.stage = stage
         self.spec = STAGES[stage]
         self.loaders = loaders
         self.limits = limits
         self.in_fit = in_fit
         self.return_predictions = return_predictions
-        self.module = trainer.lightning_module
+        self.module = run.module
         self.step_fn = getattr(self.module, self.spec.step)
         self.pass_batch_idx = accepts_batch_idx(self.step_fn)
         self.num_dataloaders = len(loaders)
-        self.results: ResultCollection = trainer._eval_results
+        self.results: ResultCollection = run.eval_results
         self.predictions: list[list[Any]] = [[] for _ in loaders]
         self.dataloader_idx = 0
         self.batch_idx = 0
@@ -93,14 +96,14 @@ class EvalLoop:
 
     # -- states ---------------------------------------------------------------------------------------------------
     def eval_start(self) -> str:
-        t, spec = self.trainer, self.spec
+        run, spec = self.run_context, self.spec
         self._modes = {m: m.training for m in self.module.modules()}
-        t._call_module(spec.model_eval)
+        run.call_module(spec.model_eval)
         if self.stage != "predict":
-            t._results = self.results
-            t._metrics.attach(self.results)
-        t._fire_simple(spec.started)
-        t._fire_simple(spec.epoch_started)
+            run.results = self.results
+            run.metrics.attach(self.results)
+        run.fire_simple(spec.started)
+        run.fire_simple(spec.epoch_started)
         return self._next_loader(0)
 
     def _next_loader(self, idx: int) -> str:
@@ -114,53 +117,80 @@ class EvalLoop:
         return "eval_end"
 
     def eval_batch(self) -> str:
-        t, spec, dl_idx = self.trainer, self.spec, self.dataloader_idx
+        run, spec, dl_idx = self.run_context, self.spec, self.dataloader_idx
         if self.batch_idx >= self.limits[dl_idx]:
             return self._next_loader(dl_idx + 1)
         try:
             batch = next(self._iter)
         except StopIteration:
             return self._next_loader(dl_idx + 1)
-        batch = t._transfer_batch(batch, dl_idx)
+        batch = run.transfer(batch, dl_idx)  # type: ignore[misc]
         self.batch = batch
         batch_idx = self.batch_idx
         if self.stage != "predict":
             self.results.set_batch(batch, dl_idx, self.num_dataloaders)
-        table = t.bus.table
+        bus = run.bus
+        table = bus.table
         hs = table.get(spec.batch_started)
         if hs:
-            t.bus.call(hs, spec.batch_started(t, t.timestamp, batch, batch_idx, dl_idx, self.num_dataloaders))
+            bus.call(hs, spec.batch_started(run, run.timestamp, batch, batch_idx, dl_idx, self.num_dataloaders))
         args: tuple = (batch, batch_idx) if self.pass_batch_idx else (batch,)
         if self.num_dataloaders > 1:
             args = args + (dl_idx,)
         module = self.module
         module.__dict__["_current_fx_name"] = spec.step
-        with entered(t.bus.wrappers.get("eval_forward")):
+        wraps = bus.wrappers.get("eval_forward")
+        if wraps:
+            with entered(wraps, self):
+                out = self.step_fn(*args)
+        else:
             out = self.step_fn(*args)
         if self.stage == "predict" and self.return_predictions:
             self.predictions[dl_idx].append(out)
         hs = table.get(spec.batch_ended)
         if hs:
-            t.bus.call(hs, spec.batch_ended(t, t.timestamp, out, batch, batch_idx, dl_idx, self.num_dataloaders))
+            bus.call(hs, spec.batch_ended(run, run.timestamp, out, batch, batch_idx, dl_idx, self.num_dataloaders))
         if self.stage != "predict":
-            t._after_eval_batch(self.results, self.stage, dl_idx)
+            self.after_batch(dl_idx)
         self.batch_idx = batch_idx + 1
         return "eval_batch"
 
+    def after_batch(self, dataloader_idx: int) -> None:
+        """Eval step metrics go to loggers at every batch, x-axis = batches seen by that dataloader (Lightning)."""
+        run, results = self.run_context, self.results
+        write = bool(run.loggers) and self.stage != Stage.SANITY_CHECK
+        out = run.metrics.update_step(results, write_logs=write)
+        if out:
+            key = (self.stage, dataloader_idx)
+            run.eval_steps[key] = run.eval_steps.get(key, 0) + 1
+            run.log_metrics(out, step=run.eval_steps[key] - 1)
+        results.batch_end()
+
+    def after_epoch(self) -> list[dict[str, float]]:
+        """Eval epoch metrics into callback_metrics (not during the sanity check); per-dataloader result dicts."""
+        if self.stage == Stage.SANITY_CHECK:
+            return []
+        run, results = self.run_context, self.results
+        out = run.metrics.update_epoch(results, write_logs=bool(run.loggers))
+        if out:
+            run.log_metrics(out)
+        return [{k: (v.item() if isinstance(v, Tensor) else float(v)) for k, v in d.items()}  # host sync, once
+                for d in results.dataloader_outputs(self.num_dataloaders)]
+
     def eval_end(self) -> str:
-        t, spec = self.trainer, self.spec
+        run, spec = self.run_context, self.spec
         if self.stage != "predict":
             self.results.epoch_end_reached()
-        t._fire_simple(spec.epoch_ended)
+        run.fire_simple(spec.epoch_ended)
         if self.stage != "predict":
-            self.outputs = t._after_eval_epoch(self.results, self.stage, self.num_dataloaders)
-        t._fire_simple(spec.ended)
+            self.outputs = self.after_epoch()
+        run.fire_simple(spec.ended)
         if self.stage != "predict":
             self.results.reset()
-        t._results = None
-        t._metrics.attach(None)
+        run.results = None
+        run.metrics.attach(None)
         if spec.model_train is not None and _overridden(self.module, spec.model_train):
-            t._call_module(spec.model_train)
+            run.call_module(spec.model_train)
         else:
             for m, mode in self._modes.items():
                 m.training = mode
@@ -169,12 +199,13 @@ class EvalLoop:
     # -- run ------------------------------------------------------------------------------------------------------
     def run(self) -> Any:
         """Run the evaluation machine under no_grad (in fit) or inference_mode (validate/test/predict)."""
-        if self.in_fit or not self.trainer.settings.inference_mode:
-            ctx: Any = torch.no_grad()
+        run = self.run_context
+        if self.in_fit or not run.settings.inference_mode:
+            grad: Any = torch.no_grad()
         else:
-            ctx = torch.inference_mode()
-        with ctx:
-            self.trainer.eval_machine.run(self)
+            grad = torch.inference_mode()
+        with grad:
+            run.eval_machine.run(self)
         if self.stage == "predict":
             return self.predictions[0] if self.num_dataloaders == 1 else self.predictions
         return self.outputs
@@ -196,3 +227,17 @@ def check_step_implemented(module: Any, stage: str) -> None:
         raise MisconfigurationException(
             f"trainer.{'validate' if stage == 'validate' else stage}() needs {type(module).__name__}.{step}"
             f"(self, batch, batch_idx) to be implemented")
+
+
+def run_eval_stage(run: "RunContext", stage: str, return_predictions: bool) -> Any:
+    """The whole of trainer.validate/test/predict inside the run frame: setup, the eval machine, teardown."""
+    p = run.progress
+    p.set_timestamp(Timestamp(epoch=p.epoch, global_step=p.global_step))  # keep epoch and step, restart the rest
+    run.setup_common(stage)
+    if stage != "predict":
+        run.log_hyperparams()
+    run.call_module("zero_grad")
+    loaders, limits = run.sources.load_eval(stage)
+    out = EvalLoop(run, stage, loaders, limits, in_fit=False, return_predictions=return_predictions).run()
+    run.teardown_common(stage)
+    return out

@@ -1,25 +1,30 @@
-"""The fit machine: the state functions of `trainer.fit` and the machine that wires them.
+"""The fit machine: the state functions of `trainer.fit`, the FitLoop they run on, and the machine that wires them.
 
-Each function takes the FitLoop (the run's context) and returns the next state. In pseudocode, with the events
-each state fires (callbacks first, then the module's hook):
+Each state function takes the FitLoop (the fit's context) and returns the next state. The decisions come from
+`engine.loops.policy`, the optimisation step from `engine.loops.optimization`, the data from `engine.loops.data`,
+the run state from the `RunContext` (`loop.run`). In pseudocode, with the events each state fires (callbacks first,
+then the module's hook):
 
     setup:          configure_callbacks, prepare_data, Setup, configure_model, configure_optimizers, FitStarted,
                     zero_grad                                  -> validation (sanity) | epoch_start | teardown
     epoch_start:    [first: train_dataloader, TrainStarted] set_epoch, EpochStarted, iter(loader)
                                                                -> batch | epoch_end | teardown
-    batch:          next(loader), transfer hooks, BatchStarted, training_step
+    batch:          [decision point batch_start] next(loader), transfer hooks, BatchStarted, training_step
                                                                -> backward | batch | validation | epoch_end | teardown
     backward:       BeforeZeroGrad, optimizer_zero_grad, BeforeBackward, backward, AfterBackward
-                                                               -> optimizer_step
+                                                               -> optimizer_step (step due) | batch
     optimizer_step: optimizer_step(closure -> BeforeOptimizerStep, configure_gradient_clipping), OptimizerStepped,
-                    step-interval schedulers, BatchEnded, step metrics
+                    then the batch's end: counters advanced, BatchEnded, step metrics, [decision point batch_end]
                                                                -> batch | validation | epoch_end
     validation:     [sanity: SanityCheckStarted, eval machine, SanityCheckEnded, RNG restored]
-                    [else: on_validation_model_zero_grad, eval machine, plateau step schedulers]
+                    [else: on_validation_model_zero_grad, eval machine]; BatchCompleted
                                                                -> batch | epoch_end | epoch_start | teardown
-    epoch_end:      epoch metrics, EpochEnded (non-monitors, module, monitors), plateau epoch schedulers
-                                                               -> epoch_start | teardown
+    epoch_end:      EpochEnded (non-monitors, module, monitors), epoch metrics, EpochCompleted, epoch += 1,
+                    [decision point epoch_end]                 -> epoch_start | teardown
     teardown:       TrainEnded, FitEnded, Teardown             -> done
+
+The step-interval LR schedulers are a handler (`hooks.lr_scheduler`) of OptimizerStepped / BatchCompleted /
+EpochCompleted, attached for the fit.
 """
 
 from __future__ import annotations
@@ -29,86 +34,84 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from engine import events as ev
-from engine.bus import entered
-from engine.loops.data import set_sampler_epoch
-from engine.loops.evaluate import accepts_batch_idx
+from engine.errors import MisconfigurationException
+from engine.loops import policy
+from engine.loops.data import num_batches, set_sampler_epoch
+from engine.loops.evaluate import EvalLoop, accepts_batch_idx
+from engine.loops.optimization import SkipStep
 from engine.machine import DONE, Machine
+from engine.seed import collect_rng_states, set_rng_states
+from engine.state import Stage
 
 if TYPE_CHECKING:  # pragma: no cover
-    from engine.trainer import Trainer
+    from engine.loops.context import RunContext
 
 __all__ = ["FitLoop", "SkipStep", "build_fit_machine", "FIT_STATES"]
 
 FIT_STATES = ("setup", "epoch_start", "batch", "backward", "optimizer_step", "validation", "epoch_end", "teardown")
 
 
-class Hot:
-    """The per-step listeners and phase wrappers, taken from the bus and refreshed at the start of a batch when the
-    bus changed (a handler attached in the middle of a batch takes effect from the next batch)."""
-
-    __slots__ = ("version", "batch_started", "before_zero_grad", "before_backward", "after_backward",
-                 "before_optimizer_step", "optimizer_stepped", "batch_ended", "wrap_forward", "wrap_backward",
-                 "wrap_optimizer_step", "step_provider")
-
-    def __init__(self) -> None:
-        self.version = -1
-
-    def refresh(self, bus: Any) -> None:
-        table, wrappers = bus.table, bus.wrappers
-        self.version = bus.version
-        self.batch_started = table.get(ev.BatchStarted)
-        self.before_zero_grad = table.get(ev.BeforeZeroGrad)
-        self.before_backward = table.get(ev.BeforeBackward)
-        self.after_backward = table.get(ev.AfterBackward)
-        self.before_optimizer_step = table.get(ev.BeforeOptimizerStep)
-        self.optimizer_stepped = table.get(ev.OptimizerStepped)
-        self.batch_ended = table.get(ev.BatchEnded)
-        self.wrap_forward = wrappers.get("forward")
-        self.wrap_backward = wrappers.get("backward")
-        self.wrap_optimizer_step = wrappers.get("optimizer_step")
-        provider = bus.providers.get("optimizer_step")
-        self.step_provider = None if provider is None else provider[1]
-
-
-class SkipStep(Exception):
-    """Raised from the optimizer closure to abandon the current optimizer step (control.skip_step)."""
-
-
 class FitLoop:
     """The context of one `trainer.fit` run: what the state functions read and write.
 
     Per-step slots a custom state may read or replace: `batch`, `batch_idx`, `loss` (before backward),
-    `outputs` (the dict given to on_train_batch_end), `optimizer`.
+    `outputs` (the dict given to on_train_batch_end), `optimizer`. `run` is the RunContext (progress, control,
+    results, pipeline); `trainer` the Trainer, for Lightning-style code.
     """
 
-    def __init__(self, trainer: "Trainer") -> None:
-        self.trainer = trainer
-        self.module = trainer.lightning_module
+    def __init__(self, run: "RunContext") -> None:
+        self.run = run
+        self.trainer = run.trainer
+        self.module = run.module
+        self.progress = run.progress
+        self.pipeline = run.pipeline
         self.batch: Any = None
-        self.batch_idx = 0
         self.loss: Tensor | None = None
         self.outputs: Any = None
         self.optimizer: Any = None
-        self.train_started = False
-        self.sanity_done = False
-        self.total_batch_idx = 0
-        self.is_last_batch = False
+        self.extra: dict | None = None
         self._iter: Any = None
         self._pending: Any = None
-        self._closure_calls = 0
-        self._extra: dict | None = None
-        self.hot = Hot()
-        self.hot.refresh(trainer.bus)
         self.pass_batch_idx = accepts_batch_idx(self.module.training_step)
-        self.last_train_reload = -1
-        self.warned_log_interval = False
+        self.lr_stepper: Any = None
+        self.step_limit = policy.step_limit(run.settings)
+
+    # -- views of the progress ------------------------------------------------------------------------------------
+    @property
+    def batch_idx(self) -> int:
+        """Index of the current batch in the epoch (advanced when the batch ends, before BatchEnded fires)."""
+        return self.progress.batch_idx
+
+    @batch_idx.setter
+    def batch_idx(self, value: int) -> None:
+        self.progress.batch_idx = value
+
+    @property
+    def is_last_batch(self) -> bool:
+        return self.progress.is_last_batch
+
+    @property
+    def sanity_done(self) -> bool:
+        return self.progress.sanity_done
+
+    @property
+    def train_started(self) -> bool:
+        return self.progress.train_started
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the fit is (progress, control, machine position, results): see `RunContext.state_dict`."""
+        return self.run.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.run.load_state_dict(state)
 
     # -- pieces a custom state can reuse ----------------------------------------------------------------------------
     def fetch(self) -> bool:
         """Draw the next batch into `self.batch` (moved to the device); False when the epoch's data is exhausted."""
-        t = self.trainer
-        idx = self.batch_idx
-        if idx >= t.num_training_batches:
+        p, sources = self.progress, self.run.sources
+        idx = p.batch_idx
+        n = sources.num_training_batches
+        if idx >= n:
             return False
         if self._pending is not None:
             batch, self._pending = self._pending, None
@@ -117,31 +120,45 @@ class FitLoop:
                 batch = next(self._iter)
             except StopIteration:
                 return False
-        if t._train_sized:
-            self.is_last_batch = idx + 1 >= t.num_training_batches
+        if sources.train_sized:
+            p.is_last_batch = idx + 1 >= n
+        elif idx + 1 >= n:
+            p.is_last_batch = True
         else:  # unknown length: look one batch ahead to know whether this is the last one
-            if idx + 1 >= t.num_training_batches:
-                self.is_last_batch = True
-            else:
-                try:
-                    self._pending = next(self._iter)
-                    self.is_last_batch = False
-                except StopIteration:
-                    self.is_last_batch = True
-        self.batch = t._transfer_batch(batch, 0)
+            try:
+                self._pending = next(self._iter)
+                p.is_last_batch = False
+            except StopIteration:
+                p.is_last_batch = True
+        self.batch = self.run.transfer(batch, 0)  # type: ignore[misc]
         return True
 
     def begin_batch(self) -> bool:
         """Fetch the next batch and fire BatchStarted (Timestamp advanced, `self.log` pointed at it);
         False when the epoch is over (data exhausted, limit reached, or skip_epoch requested)."""
-        t = self.trainer
-        control = t.control
-        if control.skip_epoch_requested or (control.stop_requested and t._can_stop_early(t.current_epoch)):
+        run = self.run
+        control = run.control
+        pipeline = self.pipeline
+        if pipeline.resolve_control is not None:
+            run.resolve_control("batch_start")
+        if control.skip_epoch_requested or (control.stop_requested
+                                            and policy.can_stop_early(self.progress, run.settings)):
             return False
         if not self.fetch():
             return False
-        t._begin_train_batch(self)
-        return not t.control.skip_epoch_requested
+        control.skip_step_requested = False  # a request from an earlier batch does not carry over
+        if pipeline.version != run.bus.version:
+            pipeline.refresh()
+        batch = self.batch
+        p = self.progress
+        p.count_batch(batch)
+        run.train_results.set_batch(batch)  # run.results points at it from epoch_start and after validation
+        hs = pipeline.batch_started
+        if hs:
+            run.bus.call(hs, ev.BatchStarted(run, p.timestamp(), batch, p.batch_idx))
+        # module code run by any state of this batch may self.log (written directly: nn.Module.__setattr__ is slow)
+        self.module.__dict__["_current_fx_name"] = "training_step"
+        return not control.skip_epoch_requested
 
     def call_step(self, name: str = "training_step", *args: Any) -> Any:
         """Call the module's method `name` with (batch, batch_idx) (or `args`) in training_step's `self.log`
@@ -153,183 +170,342 @@ class FitLoop:
         return getattr(module, name)(*args)
 
     def training_step(self) -> Any:
-        """Run the module's training_step on `self.batch`; returns what it returned."""
+        """Run the module's training_step on `self.batch` (the forward phase); returns what it returned."""
         module = self.module
         module.__dict__["_current_fx_name"] = "training_step"
-        args = (self.batch, self.batch_idx) if self.pass_batch_idx else (self.batch,)
-        wraps = self.hot.wrap_forward
-        if wraps:
-            with entered(wraps):
-                return module.training_step(*args)
+        args = (self.batch, self.progress.batch_idx) if self.pass_batch_idx else (self.batch,)
+        pipeline = self.pipeline
+        if pipeline.wrap_forward or pipeline.provide_forward is not None:
+            return pipeline.forward(module.training_step, args)
         return module.training_step(*args)
 
     def backward(self, loss: Tensor) -> None:
         """BeforeBackward, backward (provider, module override or loss.backward()), AfterBackward."""
-        t, hot = self.trainer, self.hot
-        hs = hot.before_backward
-        if hs:
-            t.bus.call(hs, ev.BeforeBackward(t, t.timestamp, loss))
-        with entered(hot.wrap_backward):
-            t._backward_fn(loss)
-        hs = hot.after_backward
-        if hs:
-            t.bus.call(hs, ev.AfterBackward(t, t.timestamp))
+        self.pipeline.backward(loss)
 
     def zero_grad(self, optimizer: Any) -> None:
         """BeforeZeroGrad then the module's optimizer_zero_grad (default optimizer.zero_grad())."""
-        t = self.trainer
-        hs = self.hot.before_zero_grad
-        if hs:
-            t.bus.call(hs, ev.BeforeZeroGrad(t, t.timestamp, optimizer))
-        if t._zero_grad_overridden:
-            self.module.__dict__["_current_fx_name"] = "optimizer_zero_grad"
-            self.module.optimizer_zero_grad(t.current_epoch, self.batch_idx, t._lightning_optimizers[0])
-        else:
-            optimizer.zero_grad()
+        self.pipeline.zero_grad(optimizer, self.progress.batch_idx)
 
     def closure(self) -> Tensor | None:
-        """The optimizer closure: first call returns the loss already computed by the batch/backward states;
-        later calls (LBFGS re-evaluations) re-run training_step, zero_grad and backward. Each call then fires
-        BeforeOptimizerStep and configure_gradient_clipping, as Lightning's wrapped closure does."""
-        self._closure_calls += 1
-        if self._closure_calls > 1:
-            loss = self.trainer._check_training_output(self.training_step(), self)
-            if loss is not None:
-                self.zero_grad(self.optimizer)
-                self.backward(loss)
-            self.loss = loss
-        t = self.trainer
-        t._before_optimizer_step(self.optimizer)
-        if t.control.skip_step_requested:  # asked for while gradients were final: abort the step before it updates
-            raise SkipStep
-        return None if self.loss is None else self.loss.detach()
+        """The optimizer closure (see `StepPipeline.closure`)."""
+        return self.pipeline.closure()
+
+    def loss_of(self, out: Any) -> Tensor | None:
+        """The loss from training_step's return (Tensor or dict with 'loss'); None skips the step."""
+        if type(out) is Tensor and out.requires_grad and not out.ndim:  # the usual case: a scalar loss
+            self.extra = None
+            self.outputs = None
+            return out
+        name = type(self.module).__name__
+        if isinstance(out, Tensor):
+            loss, extra = out, None
+        elif isinstance(out, dict):
+            if "loss" not in out:
+                raise MisconfigurationException(
+                    f"{name}.training_step returned a dict without the key 'loss' (keys: {sorted(map(str, out))}); "
+                    "with automatic optimization put the loss under 'loss', e.g. `return {'loss': loss, ...}`")
+            loss = out["loss"]
+            extra = {k: (v.detach() if isinstance(v, Tensor) else v) for k, v in out.items() if k != "loss"}
+            if not isinstance(loss, Tensor):
+                raise MisconfigurationException(
+                    f"{name}.training_step returned {{'loss': {type(loss).__name__}}}; the loss must be a Tensor "
+                    "computed from the model's outputs")
+        elif out is None:
+            self.run.warn_once("training_step_none", f"{name}.training_step returned None: statetrain skips "
+                               "backward and the optimizer step for that batch")
+            self.extra = None
+            self.loss = None
+            self.outputs = {}
+            return None
+        else:
+            raise MisconfigurationException(
+                f"{name}.training_step returned {type(out).__name__} ({_short(out)}); expected a loss Tensor, a dict "
+                "with the key 'loss', or None to skip the batch")
+        if loss.numel() != 1:
+            raise MisconfigurationException(
+                f"{name}.training_step returned a loss of shape {tuple(loss.shape)}; the loss must be a scalar "
+                "tensor. Reduce it first, e.g. `loss.mean()`")
+        if not loss.requires_grad:
+            raise MisconfigurationException(
+                f"{name}.training_step returned a loss that does not require grad, so backward cannot reach the "
+                "model's parameters. Was it computed under torch.no_grad(), detached, converted with .item(), or "
+                "computed from data only?")
+        self.extra = extra
+        self.outputs = None  # built on demand in finish_batch when someone listens
+        return loss
+
+    def manual_outputs(self, out: Any) -> Any:
+        """What on_train_batch_end receives under manual optimization."""
+        if isinstance(out, Tensor):
+            return {"loss": out.detach()}
+        if isinstance(out, dict):
+            return {k: (v.detach() if isinstance(v, Tensor) else v) for k, v in out.items()}
+        if out is None:
+            return {}
+        raise MisconfigurationException(
+            f"{type(self.module).__name__}.training_step returned {type(out).__name__} ({_short(out)}); "
+            "under manual optimization return a Tensor, a dict, or None")
 
     def finish_batch(self) -> str:
-        """After the step: BatchEnded, step metrics, then decide: validation, next batch, or epoch end."""
-        t = self.trainer
-        hs = self.hot.batch_ended
+        """After the step: counters advanced, BatchEnded, step metrics, then decide: validation, next batch, or
+        epoch end."""
+        run, p = self.run, self.progress
+        idx = p.batch_idx
+        p.batch_idx = idx + 1
+        p.total_batch_idx += 1
+        hs = self.pipeline.batch_ended
         if hs:
             if self.outputs is None:  # built only when someone listens
-                self.outputs = {} if self.loss is None else {"loss": self.loss.detach(), **(self._extra or {})}
-            t.bus.call(hs, ev.BatchEnded(t, t.timestamp, self.outputs, self.batch, self.batch_idx))
-        t._after_train_batch(self)
-        self.batch_idx += 1
-        self.total_batch_idx += 1
-        if (t._val_on or t.control.validate_requested) and t._should_validate(self):
+                self.outputs = {} if self.loss is None else {"loss": self.loss.detach(), **(self.extra or {})}
+            run.bus.call(hs, ev.BatchEnded(run, p.timestamp(), self.outputs, self.batch, idx))
+        results = run.train_results
+        # Readers of callback/progress-bar metrics see the running values live (LoggedMetrics reads the attached
+        # collection); they are merged for good only when written, before validation and at the epoch's end.
+        if run.loggers and policy.should_update_logs(p, run.settings, run.control.stop_requested):
+            out = run.metrics.update_step(results, write_logs=True)
+            if out:
+                run.log_metrics(out)
+        results.batch_end()
+        if self.pipeline.resolve_control is not None:
+            run.resolve_control("batch_end")
+        control = run.control
+        if control.validate_requested:
+            control.validate_requested = False
+            if run.val_on:
+                return "validation"
+        elif run.val_on and policy.should_validate(p, run.settings, run.sources.val_check_batch,
+                                                   control.stop_requested):
             return "validation"
-        if t._lr is None:
-            t._batches_stepped += 1  # what _after_batch_validation does when there is no scheduler to step
-        else:
-            t._after_batch_validation(self)
+        self.batch_completed()
         return self.after_batch()
+
+    def batch_completed(self) -> None:
+        """The batch is over, with any validation it triggered: BatchCompleted, then count it."""
+        run, p = self.run, self.progress
+        hs = run.bus.table.get(ev.BatchCompleted)
+        if hs:
+            run.bus.call(hs, ev.BatchCompleted(run, p.timestamp(), p.batch_idx - 1))
+        p.batches_stepped += 1
 
     def after_batch(self) -> str:
         """Where to go once a batch (and any validation after it) is done."""
-        t = self.trainer
-        control = t.control
-        if self.is_last_batch or control.skip_epoch_requested or control.stop_requested or (
-                t._global_step >= t._step_limit):
-            return "epoch_end" if self.is_last_batch or t._training_done(mid_epoch=True) or (
-                control.skip_epoch_requested) else "batch"
+        p, control = self.progress, self.run.control
+        if p.is_last_batch or control.skip_epoch_requested:
+            return "epoch_end"
+        if control.stop_requested or p.global_step >= self.step_limit:
+            return "epoch_end" if self.done(mid_epoch=True) else "batch"
         return "batch"
+
+    # -- the phases of a fit ----------------------------------------------------------------------------------------
+    def setup_fit(self) -> None:
+        """Everything before the first epoch: hooks, optimizers, FitStarted, zero_grad."""
+        run = self.run
+        run.announce("fit")
+        p = self.progress
+        p.reset()
+        run.train_results = run.new_results(training=True)
+        run.eval_results = run.new_results(training=False)
+        run.setup_common("fit")
+        self.pipeline.setup(self)
+        if self.pipeline.lr_scheduler_configs and self.pipeline.automatic:
+            from hooks.lr_scheduler import LRSchedulerStepper
+
+            self.lr_stepper = LRSchedulerStepper(self.pipeline.lr_scheduler_configs, call=run.call_module)
+            run.bus.attach(self.lr_stepper)
+            run.run_handlers.append(self.lr_stepper)
+        self.optimizer = self.pipeline.optimizer
+        run.fire_simple(ev.FitStarted)
+        run.log_hyperparams()
+        run.call_module("zero_grad")
+
+    def done(self, mid_epoch: bool) -> bool:
+        """max_steps, max_epochs (at epoch end), or an honoured stop request; tells the user why at epoch end."""
+        run, p, s = self.run, self.progress, self.run.settings
+        stop = run.control.stop_requested
+        reason = policy.training_done(p, s, stop, mid_epoch)
+        if reason:
+            if not mid_epoch and run.strategy.is_global_zero:
+                from engine.log import log
+
+                what = {"max_steps": f"`max_steps={s.max_steps}` reached",
+                        "max_epochs": f"`max_epochs={s.max_epochs}` reached",
+                        "stop": "`trainer.should_stop` was set"}[reason]
+                log.info(f"`Trainer.fit` stopped: {what}.")
+            return True
+        if policy.stop_blocked(p, s, stop):
+            run.warn_once("min_epochs", f"Trainer was signaled to stop but min_epochs={s.min_epochs} or "
+                          f"min_steps={s.min_steps} is not met; training continues")
+        return False
+
+    def start_epoch(self) -> str:
+        run, p = self.run, self.progress
+        run.results = run.train_results
+        run.metrics.attach(run.train_results)
+        sources = run.sources
+        if not p.train_started:
+            sources.load_train()
+            p.train_started = True
+            run.fire_simple(ev.TrainStarted)
+        if self.done(mid_epoch=False):  # e.g. should_stop set in on_train_start
+            return "teardown"
+        if policy.should_reload(p.epoch, sources.last_train_reload, run.settings.reload_dataloaders_every_n_epochs):
+            sources.load_train()
+        p.start_epoch()
+        self._pending = None
+        run.control.skip_epoch_requested = False
+        set_sampler_epoch(sources.train_dataloader, p.epoch)
+        run.fire_simple(ev.EpochStarted)
+        self._iter = iter(sources.train_dataloader)
+        return "batch"
+
+    def sanity_check(self) -> None:
+        """Validation on num_sanity_val_steps batches with the RNG isolated; its metrics are discarded."""
+        run = self.run
+        states = collect_rng_states()
+        run.metrics.reset()
+        run.sanity_checking = True
+        run.status.stage = Stage.SANITY_CHECK
+        try:
+            run.fire_simple(ev.SanityCheckStarted)
+            loaders = run.sources.load_val("sanity_check")
+            steps = run.settings.num_sanity_val_steps
+            limits = [num_batches(dl, run.settings.limit_val_batches, "val") for dl in loaders]
+            run.sources.num_sanity_val_batches = [lim if steps == -1 else min(steps, lim) for lim in limits]
+            EvalLoop(run, "sanity_check", loaders, run.sources.num_sanity_val_batches, in_fit=True).run()
+            run.fire_simple(ev.SanityCheckEnded)
+        finally:
+            run.sanity_checking = False
+            run.status.stage = Stage.TRAIN
+            run.metrics.reset()
+            set_rng_states(states)
+
+    def validate(self) -> None:
+        """Validation inside the epoch: on_validation_model_zero_grad, the eval machine, then back to training."""
+        run = self.run
+        run.metrics.update_step(run.train_results, write_logs=False)  # keep the train step values visible
+        run.call_module("on_validation_model_zero_grad")
+        run.status.stage = Stage.VALIDATE
+        loaders = run.sources.load_val("validate")
+        run.sources.num_val_batches = [num_batches(dl, run.settings.limit_val_batches, "val") for dl in loaders]
+        EvalLoop(run, "validate", loaders, run.sources.num_val_batches, in_fit=True).run()
+        run.status.stage = Stage.TRAIN
+        run.results = run.train_results
+        run.metrics.attach(run.train_results)
+        self.batch_completed()
+
+    def end_epoch(self) -> None:
+        """EpochEnded with epoch metrics visible, epoch metrics to the loggers, EpochCompleted, then epoch += 1."""
+        run, p = self.run, self.progress
+        results = run.results = run.train_results
+        run.metrics.attach(results)
+        run.metrics.update_step(results, write_logs=False)  # the last step values stay in callback_metrics
+        results.epoch_end_reached()
+        hs = run.bus.table.get(ev.EpochEnded)
+        if hs:
+            run.bus.call(hs, ev.EpochEnded(run, p.timestamp()))
+        out = run.metrics.update_epoch(results, write_logs=bool(run.loggers))
+        if out:  # Lightning writes train epoch metrics at the step of the epoch's last batch
+            run.log_metrics({**out, "epoch": p.epoch}, step=max(p.batches_stepped - 1, 0))
+        results.reset()
+        run.fire_simple(ev.EpochCompleted)
+        p.epoch += 1
+        p.batch_in_epoch = 0
+        if self.pipeline.resolve_control is not None:
+            run.resolve_control("epoch_end")
+
+    def teardown_fit(self) -> None:
+        run = self.run
+        if self.progress.train_started:
+            run.fire_simple(ev.TrainEnded)
+        run.strategy.teardown()
+        run.metrics.attach(None)
+        run.metrics.teardown()
+        run.fire_simple(ev.FitEnded)
+        run.teardown_common("fit")
 
 
 # -- the state functions --------------------------------------------------------------------------------------------
 def setup(loop: FitLoop) -> str:
     """Module and optimizers ready, FitStarted fired; sanity check next if validation is on."""
-    t = loop.trainer
-    t._setup_fit(loop)
-    if t._should_sanity_check():
+    loop.setup_fit()
+    s = loop.run.settings
+    if policy.should_sanity_check(loop.run.val_on, s):
         return "validation"
-    loop.sanity_done = True
-    if t._fit_skipped():
+    loop.progress.sanity_done = True
+    if policy.fit_skipped(s):
         return "teardown"
     return "epoch_start"
 
 
 def epoch_start(loop: FitLoop) -> str:
     """TrainStarted on the first epoch; then set_epoch, EpochStarted, and a fresh iterator over the train data."""
-    t = loop.trainer
-    t._results = t._train_results
-    t._metrics.attach(t._train_results)
-    if not loop.train_started:
-        t._load_train_dataloader(loop)
-        loop.train_started = True
-        t._fire_simple(ev.TrainStarted)
-    if t._training_done(mid_epoch=False):  # e.g. should_stop set in on_train_start
-        return "teardown"
-    if t._should_reload_train(loop):
-        t._load_train_dataloader(loop)
-    loop.batch_idx = 0
-    loop.is_last_batch = False
-    loop._pending = None
-    t.control.skip_epoch_requested = False
-    t._batch_in_epoch = 0
-    set_sampler_epoch(t.train_dataloader, t.current_epoch)
-    t._fire_simple(ev.EpochStarted)
-    loop._iter = iter(t.train_dataloader)
-    return "batch"
+    return loop.start_epoch()
 
 
 def batch(loop: FitLoop) -> str:
     """Fetch and move a batch, BatchStarted, training_step; an exhausted epoch goes to epoch_end."""
-    t = loop.trainer
     if not loop.begin_batch():  # data exhausted, or on_train_batch_start returned -1
         return "epoch_end"
-    out = loop.training_step()
-    if not t._automatic:
-        loop.outputs = t._manual_outputs(out)
+    pipeline = loop.pipeline
+    if not pipeline.automatic:
+        loop.outputs = loop.manual_outputs(loop.training_step())
         return loop.finish_batch()
-    loop.loss = t._check_training_output(out, loop)
+    pipeline.begin_micro_batch(loop.progress.batch_idx, loop.progress.is_last_batch)
+    loop.loss = loop.loss_of(loop.training_step())
     if loop.loss is None:  # training_step returned None: no backward, no step
+        pipeline.end_micro_batch()
         return loop.finish_batch()
     return "backward"
 
 
 def backward(loop: FitLoop) -> str:
-    """BeforeZeroGrad, optimizer_zero_grad, BeforeBackward, backward, AfterBackward."""
-    t, hot = loop.trainer, loop.hot
-    optimizer = loop.optimizer = t._step_optimizer
-    if hot.before_zero_grad or t._zero_grad_overridden:
-        loop.zero_grad(optimizer)
-    else:  # nothing listens and nothing is overridden: the plain calls (the hot path of every step)
-        optimizer.zero_grad()
-    if hot.before_backward or hot.after_backward or hot.wrap_backward:
-        loop.backward(loop.loss)  # type: ignore[arg-type]
+    """BeforeZeroGrad, optimizer_zero_grad, BeforeBackward, backward, AfterBackward; the step next when due."""
+    pipeline = loop.pipeline
+    optimizer = loop.optimizer = pipeline.optimizer
+    if pipeline.plain_zero_grad and pipeline.plain_backward:  # nobody listens: the plain calls (the hot path)
+        if pipeline.zero_grad_due(loop.progress.batch_idx):
+            optimizer.zero_grad()
+        pipeline.backward_fn(loop.loss)
     else:
-        t._backward_fn(loop.loss)
-    return "optimizer_step"
+        if pipeline.zero_grad_due(loop.progress.batch_idx):
+            pipeline.zero_grad(optimizer, loop.progress.batch_idx)
+        pipeline.backward(loop.loss)  # type: ignore[arg-type]
+    pipeline.end_micro_batch()
+    if pipeline.context.will_step:
+        return "optimizer_step"
+    loop.finish_batch()  # an accumulating micro-batch: no step (policy.step_due); never the epoch's last batch
+    return "batch"
 
 
 def optimizer_step(loop: FitLoop) -> str:
-    """optimizer_step with the closure, OptimizerStepped, schedulers, BatchEnded; then validation or next."""
-    loop.trainer._optimizer_step(loop)
+    """optimizer_step with the closure, OptimizerStepped; then the batch's end and validation or next."""
+    loop.pipeline.step()
     return loop.finish_batch()
 
 
 def validation(loop: FitLoop) -> str:
     """The sanity check (first time, RNG isolated) or a validation run inside the epoch."""
-    t = loop.trainer
-    if not loop.sanity_done:
-        loop.sanity_done = True
-        t._run_sanity_check()
-        return "teardown" if t._fit_skipped() else "epoch_start"
-    t._run_fit_validation(loop)
+    p = loop.progress
+    if not p.sanity_done:
+        p.sanity_done = True
+        loop.sanity_check()
+        return "teardown" if policy.fit_skipped(loop.run.settings) else "epoch_start"
+    loop.validate()
     return loop.after_batch()
 
 
 def epoch_end(loop: FitLoop) -> str:
-    """EpochEnded (after its validation), epoch metrics, plateau schedulers; then the next epoch or teardown."""
-    t = loop.trainer
-    t._end_train_epoch(loop)
-    if t._training_done(mid_epoch=False):
+    """EpochEnded (after its validation), epoch metrics, EpochCompleted; then the next epoch or teardown."""
+    loop.end_epoch()
+    if loop.done(mid_epoch=False):
         return "teardown"
     return "epoch_start"
 
 
 def teardown(loop: FitLoop) -> str:
     """TrainEnded (if training started), FitEnded, Teardown."""
-    loop.trainer._teardown_fit(loop)
+    loop.teardown_fit()
     return DONE
 
 
@@ -345,3 +521,9 @@ def build_fit_machine() -> Machine:
     m.add_state("epoch_end", epoch_end, to={"epoch_start", "teardown"})
     m.add_state("teardown", teardown, to={DONE})
     return m
+
+
+def _short(obj: Any, limit: int = 60) -> str:
+    text = repr(obj)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+

@@ -313,10 +313,11 @@ def test_unknown_phases_and_actions_are_handler_errors() -> None:
     class BadProvide:
         def provide_loss(self, loss: Any) -> None: ...
 
-    with pytest.raises(HandlerError, match=r"defines wrap_everything\(\); known phases: forward, backward, "
-                                           r"optimizer_step, eval_forward"):
+    with pytest.raises(HandlerError, match=r"defines wrap_everything\(\); known phases: train_step, forward, "
+                                           r"backward, optimizer_step, eval_forward"):
         Bus().attach(BadWrap())
-    with pytest.raises(HandlerError, match=r"defines provide_loss\(\); known actions: backward, optimizer_step"):
+    with pytest.raises(HandlerError, match=r"defines provide_loss\(\); known actions: forward, backward, unscale, "
+                                           r"clip, optimizer_step, resolve_control"):
         Bus().attach(BadProvide())
 
 

@@ -1,0 +1,438 @@
+"""The run context: the state of the runs of one Trainer and the services the state functions call.
+
+Who owns what (DESIGN §2-4):
+
+    progress        Progress            the run's position (epoch, batch, global_step, samples, flags)
+    control         Control             pending steering requests and their history
+    status          RunStatus           Lightning's trainer.state (status, fn, stage)
+    metrics         LoggedMetrics       callback / logged / progress-bar metrics
+    train_results   ResultCollection    values self.log'ged in training (reduced with strategy.reduce)
+    eval_results    ResultCollection    values self.log'ged in the running evaluation
+    sources         DataSources         where the dataloaders come from, when they are (re)loaded, their sizes
+    pipeline        StepPipeline        optimizers, schedulers and the optimisation step with its phases
+    loop            FitLoop | None      the running (or last) fit: per-batch slots
+
+The Trainer assembles one RunContext and exposes Lightning's read-only views of it; events carry it as their
+`run` (it implements `engine.events.RunView`). Loggers are handlers of `MetricsWritten` in the LOGGER band, and every
+handler of a run (callbacks, the module's hooks, handler objects in `callbacks=[...]`, the loggers) is attached when
+the run starts and detached when it ends, exactly once.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from engine import events as ev
+from engine.bus import LOGGER, Bus, Subscription, declares_context
+from engine.control import Control, ControlRequest
+from engine.errors import MisconfigurationException
+from engine.loops.data import BatchTransfer, DataSources, overridden
+from engine.loops.progress import Progress
+from engine.results import LoggedMetrics, ResultCollection
+from engine.state import RunStatus, Stage, Timestamp
+
+if TYPE_CHECKING:  # pragma: no cover
+    from engine.config import RunSettings, TrainerConfig
+    from engine.loops.fit import FitLoop
+    from engine.machine import Machine
+    from engine.trainer import Trainer
+
+__all__ = ["RunContext", "run_stage", "to_floats"]
+
+_STAGE_OF = {"fit": Stage.TRAIN, "validate": Stage.VALIDATE, "test": Stage.TEST, "predict": Stage.PREDICT}
+
+
+class RunContext:
+    """The run state of a Trainer and what every loop needs: hooks, events, logging, handler lifetimes."""
+
+    def __init__(self, trainer: "Trainer", config: "TrainerConfig", settings: "RunSettings", strategy: Any,
+                 bus: Bus, machine: "Machine", eval_machine: "Machine", callbacks: list[Any],
+                 loggers: list[Any]) -> None:
+        from engine.loops.optimization import StepPipeline
+
+        self.trainer = trainer
+        self.config = config
+        self.settings = settings
+        self.strategy = strategy
+        self.bus = bus
+        self.machine = machine
+        self.eval_machine = eval_machine
+        self.callbacks = callbacks
+        self.loggers = loggers
+        self.progress = Progress()
+        self.control = Control(self.now, notify=self._control_requested)
+        self.status = RunStatus()
+        self.metrics = LoggedMetrics()
+        self.results: ResultCollection | None = None
+        self.train_results = self.new_results(training=True)
+        self.eval_results = self.new_results(training=False)
+        self.sources = DataSources(self)
+        self.pipeline = StepPipeline(self)
+        self.transfer: BatchTransfer | None = None
+        self.module: Any = None  # the LightningModule being run
+        self.model: Any = None  # what strategy.setup_module returned: the module the loops call
+        self.datamodule: Any = None
+        self.loop: "FitLoop | None" = None
+        self.sanity_checking = False
+        self.val_on = False
+        self.eval_steps: dict[tuple[str, int], int] = {}
+        self.run_subs: list[Subscription] = []
+        self.run_handlers: list[object] = []
+        self.warned: set[str] = set()
+
+    # -- the RunView events carry -------------------------------------------------------------------------------------
+    def now(self) -> Timestamp:
+        return self.progress.timestamp()
+
+    @property
+    def timestamp(self) -> Timestamp:
+        """Where the run is now (built from the progress counters on each read)."""
+        return self.progress.timestamp()
+
+    @property
+    def stage(self) -> str | None:
+        return self.status.stage
+
+    @property
+    def callback_metrics(self) -> Mapping[str, Any]:
+        return self.metrics.callback_metrics
+
+    @property
+    def global_rank(self) -> int:
+        return self.strategy.global_rank
+
+    @property
+    def world_size(self) -> int:
+        return self.strategy.world_size
+
+    def new_results(self, training: bool) -> ResultCollection:
+        """A result collection that reduces `sync_dist=True` values with the strategy (identity on one process)."""
+        if self.strategy.world_size > 1:
+            return ResultCollection(training=training, device=self.strategy.root_device, sync_fn=self._sync)
+        return ResultCollection(training=training)
+
+    def _sync(self, tensor: Tensor, reduce_op: str = "mean", group: Any = None) -> Tensor:
+        return self.strategy.reduce(tensor, reduce_op)
+
+    # -- hooks and events ---------------------------------------------------------------------------------------------
+    def call_hook(self, owner: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call a module/datamodule hook with `self.log` context set to the hook's name."""
+        module = self.module
+        if module is None:
+            return getattr(owner, name)(*args, **kwargs)
+        state = module.__dict__
+        prev = state.get("_current_fx_name")
+        state["_current_fx_name"] = name
+        try:
+            return getattr(owner, name)(*args, **kwargs)
+        finally:
+            state["_current_fx_name"] = prev
+
+    def call_module(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self.call_hook(self.module, name, *args, **kwargs)
+
+    def fire_simple(self, event_type: type) -> None:
+        """Fire an event that carries only the run and the Timestamp (built only when someone listens)."""
+        hs = self.bus.table.get(event_type)
+        if hs:
+            self.bus.call(hs, event_type(self, self.progress.timestamp()))
+
+    def _control_requested(self, request: ControlRequest) -> None:
+        hs = self.bus.table.get(ev.ControlRequested)
+        if hs:
+            self.bus.call(hs, ev.ControlRequested(self, self.progress.timestamp(), request))
+
+    def resolve_control(self, point: str) -> None:
+        """A decision point of the machine (`policy.DECISION_POINTS`): a `provide_resolve_control` handler (the
+        sync handler under DDP) may agree the pending requests across processes before the loop reads them."""
+        provider = self.pipeline.resolve_control
+        if provider is not None:
+            provider(point, self.control)
+
+    # -- logging --------------------------------------------------------------------------------------------------
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """MetricsWritten to the loggers: tensors become floats with one host sync; step defaults to
+        batches_stepped (with an 'epoch' entry added), or a 'step' entry in `metrics` is used as the step."""
+        if not metrics:
+            return
+        hs = self.bus.table.get(ev.MetricsWritten)
+        if not hs:
+            return
+        metrics = dict(metrics)
+        if step is None:
+            if "step" in metrics:
+                step = int(to_floats({"step": metrics.pop("step")})["step"])
+            else:
+                metrics.setdefault("epoch", self.progress.epoch)
+                step = self.progress.batches_stepped
+        self.bus.call(hs, ev.MetricsWritten(self, self.progress.timestamp(), to_floats(metrics), step))
+
+    def log_hyperparams(self) -> None:
+        """Hyperparameters from save_hyperparameters() (module and datamodule) and the Trainer config."""
+        if not self.loggers or not self.settings.enable_autolog_hparams:
+            return
+        params: dict[str, Any] = {}
+        for owner in (self.datamodule, self.module):
+            if owner is not None and owner.hparams_logged:
+                params.update(owner.hparams_initial)
+        params["trainer"] = self.config.to_json_dict()
+        for lg in self.loggers:
+            lg.log_hyperparams(params)
+            if self.module is not None and hasattr(lg, "log_graph"):
+                lg.log_graph(self.module)
+            lg.save()
+
+    def finalize_loggers(self, status: str, raise_strict: bool = True) -> None:
+        """finalize(status) on every logger; a strict logger that failed to write turns the run into an error."""
+        failed = []
+        for lg in self.loggers:
+            lg.finalize(status)
+            if getattr(lg, "strict", False) and getattr(lg, "error", None) is not None:
+                failed.append(lg)
+        if failed and raise_strict:
+            from hooks.logger import LoggerError
+
+            raise LoggerError(
+                "; ".join(f"{type(lg).__name__} could not write to {getattr(lg, 'log_dir', '?')}: {lg.error}"
+                          for lg in failed) + " (strict=True: the run is marked failed)")
+
+    # -- a run's frame ------------------------------------------------------------------------------------------------
+    def run(self, fn: str, model: Any, body: Callable[[], Any], profiler: Any = None) -> Any:
+        """Common run frame: set the state, run `body`, and on an exception fire ExceptionRaised and re-raise;
+        every handler attached for the run is detached at the end, whatever happened."""
+        status = self.status
+        status.fn, status.status, status.stage = fn, "running", _STAGE_OF[fn]
+        self.module = model
+        model.trainer = self.trainer
+        self.control.reset()
+        self.control.history = []
+        self.metrics.reset()
+        anomaly = torch.autograd.set_detect_anomaly(True) if self.settings.detect_anomaly else nullcontext()
+        if profiler is not None:
+            profiler.attach(self.trainer)
+        self._watch_transitions()
+        try:
+            with anomaly:
+                out = body()
+            status.status = "finished"
+            self.finalize_loggers("success")
+            return out
+        except BaseException as exc:
+            status.status = "interrupted"
+            self._on_exception(exc)
+            raise
+        finally:
+            if profiler is not None:
+                profiler.detach(self.trainer)
+                if self.strategy.is_global_zero:
+                    profiler.describe()
+            self.detach_run_handlers()
+            model.__dict__["_current_fx_name"] = None
+            self.results = None
+            status.stage = None
+            self.sanity_checking = False
+
+    def _watch_transitions(self) -> None:
+        """StateChanged costs nothing unless someone listens (decided when the run starts)."""
+        for machine in (self.machine, self.eval_machine):
+            if self.bus.listening(ev.StateChanged):
+                def fire(src: str, dst: str, name: str = machine.name) -> None:
+                    self.bus.fire(ev.StateChanged(self, self.progress.timestamp(), name, src, dst))
+                machine.on_transition = fire
+            else:
+                machine.on_transition = None
+
+    def _on_exception(self, exc: BaseException) -> None:
+        """Lightning's order: callbacks' on_exception, the datamodule's, then internal cleanup."""
+        self.pipeline.abandon(exc)
+        hs = self.bus.table.get(ev.ExceptionRaised)
+        if hs:
+            self.bus.call(hs, ev.ExceptionRaised(self, self.progress.timestamp(), exc))
+        if self.datamodule is not None:
+            self.datamodule.on_exception(exc)
+        self.strategy.teardown()
+        self.finalize_loggers("failed", raise_strict=False)
+
+    # -- handler lifetimes ------------------------------------------------------------------------------------------
+    def attach_run_handlers(self) -> None:
+        """Callbacks (in list order), then the module's overridden hooks, then the loggers; detached by
+        `detach_run_handlers` when the run ends."""
+        from hooks.callback import Callback, attach_callback, attach_module
+
+        bus, model, subs = self.bus, self.module, self.run_subs
+        with bus.batch():
+            for cb in self.callbacks:
+                if isinstance(cb, Callback):
+                    subs.extend(attach_callback(bus, cb, self.trainer, model))
+                elif not bus.is_attached(cb):
+                    bus.attach(cb)
+                    self.run_handlers.append(cb)
+            if model is not None:
+                subs.extend(attach_module(bus, model, self.trainer))
+            for lg in self.loggers:
+                subs.append(bus.subscribe(ev.MetricsWritten, _logger_sink(lg), priority=LOGGER,
+                                          name=f"{type(lg).__qualname__}.log_metrics"))
+
+    def detach_run_handlers(self) -> None:
+        """Undo `attach_run_handlers` (idempotent: a second call finds nothing to remove)."""
+        subs, handlers = self.run_subs, self.run_handlers
+        self.run_subs, self.run_handlers = [], []
+        with self.bus.batch():
+            for sub in subs:
+                sub.remove()
+        for handler in handlers:
+            self.bus.detach(handler)
+
+    def merge_model_callbacks(self) -> None:
+        """configure_callbacks(): same-type trainer callbacks are replaced, the rest appended."""
+        from engine.module import LightningModule
+
+        model = self.module
+        if not overridden(model, LightningModule, "configure_callbacks"):
+            return
+        extra = self.call_hook(model, "configure_callbacks")
+        if extra is None:
+            return
+        if not isinstance(extra, (list, tuple)):
+            extra = [extra]
+        types = {type(c) for c in extra}
+        self.callbacks[:] = [c for c in self.callbacks if type(c) not in types] + list(extra)
+
+    # -- setup and teardown shared by every stage ---------------------------------------------------------------------
+    def setup_common(self, stage: str) -> None:
+        """configure_callbacks, prepare_data, setup(stage), configure_model, the strategy's module (Lightning §2.0)."""
+        from engine.module import LightningModule
+
+        model = self.module
+        self.merge_model_callbacks()
+        self.attach_run_handlers()
+        dm = self.datamodule
+        if self.strategy.local_rank == 0:
+            if dm is not None:
+                self.call_hook(dm, "prepare_data")
+            if overridden(model, LightningModule, "prepare_data"):
+                self.call_module("prepare_data")
+        if dm is not None:
+            self.call_hook(dm, "setup", stage=stage)
+        hs = self.bus.table.get(ev.Setup)
+        if hs:
+            self.bus.call(hs, ev.Setup(self, self.progress.timestamp(), stage))
+        if overridden(model, LightningModule, "configure_model"):
+            self.call_module("configure_model")
+        self.model = self.strategy.setup_module(model)
+        self.transfer = BatchTransfer(self)
+        self.val_on = (self.sources.val_source is not None and self.settings.limit_val_batches != 0
+                       and overridden(model, LightningModule, "validation_step"))
+
+    def teardown_common(self, stage: str) -> None:
+        if self.datamodule is not None:
+            self.call_hook(self.datamodule, "teardown", stage=stage)
+        hs = self.bus.table.get(ev.Teardown)
+        if hs:
+            self.bus.call(hs, ev.Teardown(self, self.progress.timestamp(), stage))
+
+    def announce(self, fn: str) -> None:
+        """The run's opening message: what runs where, and the flags that differ from Lightning's defaults."""
+        from engine.config import TrainerConfig
+        from engine.log import log
+
+        if not self.strategy.is_global_zero:
+            return
+        device = self.strategy.root_device
+        log.info(f"{fn} started", model=type(self.module).__name__, device=str(device),
+                 cuda_available=torch.cuda.is_available(), accelerator=str(self.settings.accelerator),
+                 loggers=[type(lg).__name__ for lg in self.loggers] or None,
+                 log_dir=self.trainer.log_dir if self.loggers else None)
+        defaults = TrainerConfig()
+        changed = {k: v for k, v in self.config.to_json_dict().items()
+                   if getattr(self.config, k) != getattr(defaults, k)}
+        if changed:
+            log.info("Trainer config", **changed)
+
+    def warn_once(self, key: str, message: str, category: type[Warning] = UserWarning) -> None:
+        """A warning shown once per Trainer."""
+        if key not in self.warned:
+            self.warned.add(key)
+            warnings.warn(message, category, stacklevel=3)
+
+    # -- state -------------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The run position as data: progress, control, the machine position and the result collections."""
+        return {"progress": self.progress.state_dict(), "control": self.control.state_dict(),
+                "machine": self.machine.position, "train_results": self.train_results.state_dict(),
+                "eval_steps": [[stage, idx, n] for (stage, idx), n in self.eval_steps.items()]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict()` returned (the machine position is for `Machine.run(start=...)`)."""
+        self.progress.load_state_dict(state["progress"])
+        self.control.load_state_dict(state["control"])
+        self.train_results.load_state_dict(state["train_results"])
+        self.eval_steps = {(stage, int(idx)): int(n) for stage, idx, n in state.get("eval_steps", [])}
+
+
+def run_stage(run: RunContext, fn: str, model: Any, profiler: Any = None, *args: Any) -> Any:
+    """One whole stage (fit, validate, test or predict) in the run frame: what `strategy.launch` runs. A module-level
+    function, so a spawning launcher can start it in its workers."""
+    if fn == "fit":
+        from engine.loops.fit import FitLoop
+
+        def body() -> None:
+            loop = run.loop = FitLoop(run)
+            run.machine.run(loop)
+    else:
+        from engine.loops.evaluate import run_eval_stage
+
+        def body() -> Any:
+            return run_eval_stage(run, fn, *args)
+    return run.run(fn, model, body, profiler)
+
+
+def _logger_sink(lg: Any) -> Callable[[Any], None]:
+    """A logger as a MetricsWritten handler: write the floats at the event's step, then save."""
+    def write(event: Any) -> None:
+        lg.log_metrics(event.metrics, event.step)
+        lg.save()
+    write.__qualname__ = f"{type(lg).__qualname__}.log_metrics"
+    return write
+
+
+def with_context(fn: Callable | None, context: Any) -> Callable | None:
+    """A provider called with `context=` when it declares that parameter; as it is otherwise."""
+    if fn is None or not declares_context(fn):
+        return fn
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, context=context, **kwargs)
+    return call
+
+
+def to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Tensors to Python numbers with one host sync for all of them (the loggers' write points only)."""
+    tensors = [k for k, v in metrics.items() if isinstance(v, Tensor)]
+    out = {k: v for k, v in metrics.items() if not isinstance(v, Tensor)}
+    if tensors:
+        items = [metrics[k].detach().reshape(()).double() for k in tensors]
+        try:
+            values = torch.stack(items).tolist()  # one host sync
+        except RuntimeError:  # tensors on different devices
+            values = [t.item() for t in items]
+        out.update(zip(tensors, values))
+    return {k: out[k] for k in metrics}
+
+
+def check_model(model: Any, fn: str) -> None:
+    from engine.module import LightningModule
+
+    if not isinstance(model, LightningModule):
+        raise TypeError(
+            f"trainer.{fn}: `model` must be a LightningModule (subclass engine.LightningModule), got "
+            f"{type(model).__module__}.{type(model).__qualname__}")
+
+
+def no_model(fn: str) -> MisconfigurationException:
+    return MisconfigurationException(f"trainer.{fn}() needs a model: pass one, or call it after trainer.fit(model)")

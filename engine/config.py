@@ -197,6 +197,12 @@ def _is_plain_object(value: Any) -> bool:
     return value is not None and not isinstance(value, (bool, numbers.Number, str, bytes, list, tuple, dict, set))
 
 
+def _one_process_strategy(value: Any) -> bool:
+    """A Strategy instance that runs in this one process (world_size 1), e.g. a SingleDeviceStrategy subclass."""
+    return (not isinstance(value, str) and getattr(value, "world_size", None) == 1
+            and callable(getattr(value, "setup_module", None)) and callable(getattr(value, "launch", None)))
+
+
 def _device_count(devices: Any) -> int | None:
     """How many devices a (validated) `devices` value asks for; None means "all" (-1). 'auto' counts as one for now."""
     if isinstance(devices, list):
@@ -223,8 +229,8 @@ def _is_off(value: Any) -> bool:
 _NOT_YET: dict[str, tuple[Callable[[Any], bool], str]] = {
     "enable_checkpointing": (lambda v: v is True, "automatic checkpointing (ModelCheckpoint)"),
     "strategy": (
-        lambda v: not (isinstance(v, str) and v in ("auto", "single_device")),
-        "strategies other than 'auto'/'single_device'",
+        lambda v: not (isinstance(v, str) and v in ("auto", "single_device")) and not _one_process_strategy(v),
+        "strategies other than 'auto'/'single_device' (or a one-process Strategy instance)",
     ),
     "devices": (lambda v: _device_count(v) != 1, "training on more than one device"),
     "num_nodes": (lambda v: v != 1, "multi-node training"),

@@ -617,6 +617,39 @@ class ResultCollection:
             output.update(shared)
         return outputs
 
+    # ---- state ------------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every key's configuration and accumulated values (tensors and plain types only: loadable with
+        `torch.load(weights_only=True)`). The `sync_dist_group` of a key is not saved (a group is not data)."""
+        entries = []
+        for (fx, name, dl_idx), entry in self._entries.items():  # not compacted: a resumed epoch sums alike
+            config = {k: v for k, v in entry.config.items() if k != "sync_dist_group"}
+            entries.append({"fx": fx, "name": name, "dataloader_idx": dl_idx, "config": config,
+                            "step_value": entry.step_value, "values": list(entry.values),
+                            "sizes": list(entry.sizes), "acc": entry.acc, "total": entry.total})
+        return {"training": self.training, "in_batches": self._in_batches, "entries": entries}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict()` returned (the keys' configurations and their running values)."""
+        if bool(state["training"]) != self.training:
+            kinds = ("evaluation", "training")
+            raise ValueError(f"ResultCollection.load_state_dict: the state is of a {kinds[bool(state['training'])]} "
+                             f"collection, this one is {kinds[self.training]}")
+        self._entries = {}
+        self._fast = {}
+        for item in state["entries"]:
+            config = {**item["config"], "sync_dist_group": None}
+            dl_idx = item["dataloader_idx"]
+            use_suffix = config["add_dataloader_idx"] and config["dataloader_idx"] is not None
+            entry = _Entry(item["fx"], item["name"], config,
+                           _DATALOADER_SUFFIX.format(config["dataloader_idx"]) if use_suffix else "")
+            entry.step_value, entry.acc, entry.total = item["step_value"], item["acc"], int(item["total"])
+            entry.values, entry.sizes = list(item["values"]), [int(n) for n in item["sizes"]]
+            self._entries[(item["fx"], item["name"], dl_idx)] = entry
+        self.batch_end()
+        self._in_batches = bool(state["in_batches"])
+
     # ---- internals ----------------------------------------------------------------------------------------------
 
     def _register(self, sig: tuple, cache: bool) -> _Entry:

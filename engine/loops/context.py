@@ -329,6 +329,14 @@ class RunContext:
         self.val_on = (self.sources.val_source is not None and self.settings.limit_val_batches != 0
                        and overridden(model, LightningModule, "validation_step"))
 
+    def step_method(self, name: str) -> Callable[..., Any]:
+        """The step the loops call: the module's method `name`, or, when the strategy's `setup_module` wrapped
+        the module, the wrapper itself (its forward runs the module's current step, as Lightning's wrappers do)."""
+        model = self.model
+        if model is None or model is self.module:
+            return getattr(self.module, name)
+        return model
+
     def teardown_common(self, stage: str) -> None:
         if self.datamodule is not None:
             self.call_hook(self.datamodule, "teardown", stage=stage)

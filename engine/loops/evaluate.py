@@ -82,8 +82,8 @@ class EvalLoop:
         self.in_fit = in_fit
         self.return_predictions = return_predictions
         self.module = run.module
-        self.step_fn = getattr(self.module, self.spec.step)
-        self.pass_batch_idx = accepts_batch_idx(self.step_fn)
+        self.pass_batch_idx = accepts_batch_idx(getattr(self.module, self.spec.step))
+        self.step_fn = run.step_method(self.spec.step)
         self.num_dataloaders = len(loaders)
         self.results: ResultCollection = run.eval_results
         self.predictions: list[list[Any]] = [[] for _ in loaders]

@@ -73,6 +73,7 @@ class FitLoop:
         self._iter: Any = None
         self._pending: Any = None
         self.pass_batch_idx = accepts_batch_idx(self.module.training_step)
+        self.step_fn = self.module.training_step  # the strategy's wrapper once setup ran
         self.lr_stepper: Any = None
         self.step_limit = policy.step_limit(run.settings)
 
@@ -176,8 +177,8 @@ class FitLoop:
         args = (self.batch, self.progress.batch_idx) if self.pass_batch_idx else (self.batch,)
         pipeline = self.pipeline
         if pipeline.wrap_forward or pipeline.provide_forward is not None:
-            return pipeline.forward(module.training_step, args)
-        return module.training_step(*args)
+            return pipeline.forward(self.step_fn, args)
+        return self.step_fn(*args)
 
     def backward(self, loss: Tensor) -> None:
         """BeforeBackward, backward (provider, module override or loss.backward()), AfterBackward."""
@@ -307,6 +308,7 @@ class FitLoop:
         run.train_results = run.new_results(training=True)
         run.eval_results = run.new_results(training=False)
         run.setup_common("fit")
+        self.step_fn = run.step_method("training_step")
         self.pipeline.setup(self)
         if self.pipeline.lr_scheduler_configs and self.pipeline.automatic:
             from hooks.lr_scheduler import LRSchedulerStepper

@@ -21,7 +21,7 @@ from typing import IO, Any, Callable, Iterator
 
 from engine.errors import MisconfigurationException
 
-__all__ = ["log", "MessageLog", "configure", "reset", "capture_logs", "FORMATS", "LEVELS"]
+__all__ = ["log", "MessageLog", "configure", "reset", "capture_logs", "env_rank", "FORMATS", "LEVELS"]
 
 FORMATS = ("console", "json")
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
@@ -123,7 +123,7 @@ def _parse_format(fmt: str, source: str) -> str:
     return value
 
 
-def _env_rank() -> int:
+def env_rank() -> int:
     for name in _RANK_ENV:
         value = os.environ.get(name)
         if value is not None and value.strip().lstrip("-").isdigit():
@@ -212,7 +212,7 @@ def configure(log_format: str | None = None, level: str | int | None = None, ran
     fmt = _explicit.get("log_format") or _parse_format("auto", "log_format")
     env_level = os.environ.get("STATETRAIN_LOG_LEVEL", "").strip()
     lvl = _explicit.get("level") or (_parse_level(env_level, "STATETRAIN_LOG_LEVEL") if env_level else LEVELS["INFO"])
-    rnk = _explicit["rank"] if "rank" in _explicit else _env_rank()
+    rnk = _explicit["rank"] if "rank" in _explicit else env_rank()
     all_ranks = os.environ.get("STATETRAIN_LOG_ALL_RANKS", "").strip().lower() in ("1", "true", "yes")
     silent = rnk != 0 and lvl > LEVELS["DEBUG"] and not all_ranks
 

@@ -30,6 +30,7 @@ from engine.loops.fit import build_fit_machine
 from engine.machine import Machine
 from engine.module import LightningModule
 from engine.state import RunStatus, Stage, Timestamp
+from engine.utilities.rank_zero import rank_zero_only
 from hooks.callback import Callback
 from strategies.accelerator import select_strategy
 
@@ -65,6 +66,7 @@ class Trainer:
         self.settings = s = self.config.effective()
         warn_default_epochs = self.config.max_epochs is None and self.config.max_steps == -1 and s.max_epochs == 1000
         self.strategy = select_strategy(s)
+        rank_zero_only.rank = self.strategy.global_rank  # type: ignore[attr-defined]
         _set_torch_flags(s)
         self.bus = Bus()
         _configure_messages(s.log_format, self.strategy.global_rank)

@@ -292,6 +292,8 @@ class BatchTransfer:
                 plan.append((None, name))
         self.plan = tuple(plan) if len(plan) > 1 or plan[0][0] is not None else None
         self.to_device = ctx.strategy.batch_to_device
+        # the whole transfer when no hook is overridden: the loops call it directly (one call per batch)
+        self.direct = self.to_device if self.plan is None else None
 
     def __call__(self, batch: Any, dataloader_idx: int) -> Any:
         plan = self.plan

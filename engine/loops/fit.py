@@ -131,7 +131,9 @@ class FitLoop:
                 p.is_last_batch = False
             except StopIteration:
                 p.is_last_batch = True
-        self.batch = self.run.transfer(batch, 0)  # type: ignore[misc]
+        transfer = self.run.transfer
+        direct = transfer.direct  # type: ignore[union-attr]
+        self.batch = direct(batch) if direct is not None else transfer(batch, 0)  # type: ignore[misc]
         return True
 
     def begin_batch(self) -> bool:
@@ -450,10 +452,12 @@ def batch(loop: FitLoop) -> str:
     if not loop.begin_batch():  # data exhausted, or on_train_batch_start returned -1
         return "epoch_end"
     pipeline = loop.pipeline
+    if pipeline.context_used:
+        pipeline.begin_micro_batch(loop.progress.batch_idx, loop.progress.is_last_batch)
     if not pipeline.automatic:
         loop.outputs = loop.manual_outputs(loop.training_step())
+        pipeline.end_micro_batch()
         return loop.finish_batch()
-    pipeline.begin_micro_batch(loop.progress.batch_idx, loop.progress.is_last_batch)
     loop.loss = loop.loss_of(loop.training_step())
     if loop.loss is None:  # training_step returned None: no backward, no step
         pipeline.end_micro_batch()

@@ -174,6 +174,8 @@ class StepPipeline:
         self.before_step_needed = bool(self.before_optimizer_step or self.clip_on or self.provide_unscale
                                        or self.provide_clip)
         self.direct_step = self.closure_free and self.provide_step is None and not self.step_overridden
+        # whether anyone reads the phase context (else the loop skips updating it per micro-batch)
+        self.context_used = bool(wrappers or providers or self.context.accumulate != 1)
 
     def _module_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         self.run.call_module("backward", loss, *args, **kwargs)
@@ -338,7 +340,10 @@ class StepPipeline:
             raise MisconfigurationException(
                 f"{type(loop.module).__name__}.optimizer_step did not call the optimizer closure; call "
                 "`optimizer.step(closure=optimizer_closure)` (or `optimizer_closure()`) inside it")
-        self.stepped(optimizer)
+        run.progress.global_step += 1  # what `stepped` does, without the call on the hot path
+        hs = self.optimizer_stepped
+        if hs:
+            run.bus.call(hs, ev.OptimizerStepped(run, run.progress.timestamp(), optimizer))
         return True
 
     def stepped(self, optimizer: Any) -> None:

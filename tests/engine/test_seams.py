@@ -304,3 +304,52 @@ def test_the_strategy_is_in_the_loop_path(kit: Any) -> None:
     strategy.log.clear()
     out = trainer.test(dataloaders=kit.loader(2), verbose=False)
     assert strategy.log == [("launch", "run_stage", "test"), ("loader", "test"), ("batch",)] and "test_loss" in out[0]
+
+
+def test_a_lone_backward_wrapper_sees_the_current_batch(kit: Any) -> None:
+    seen: list[int] = []
+
+    class OnlyBackward:
+        @contextmanager
+        def wrap_backward(self, context: Any) -> Iterator[None]:
+            seen.append(context.batch_idx)
+            yield
+
+    trainer = kit.trainer(max_epochs=2, callbacks=[OnlyBackward()], **QUIET)
+    trainer.fit(kit.Model(), kit.loader(6, batch_size=2))
+    assert seen == [0, 1, 2, 0, 1, 2]
+
+
+def test_manual_optimization_goes_through_the_same_phases(kit: Any) -> None:
+    log: list[tuple] = []
+
+    class Manual(kit.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            opt = self.optimizers()
+            opt.zero_grad()
+            self.manual_backward(self._loss(batch))
+            opt.step()
+
+    class Phases:
+        @contextmanager
+        def wrap_backward(self, context: Any) -> Iterator[None]:
+            log.append(("backward", context.batch_idx))
+            yield
+
+        @contextmanager
+        def wrap_optimizer_step(self, context: Any) -> Iterator[None]:
+            log.append(("step", context.batch_idx, type(context.optimizer).__name__))
+            yield
+
+        def provide_unscale(self, optimizer: Any) -> None:
+            log.append(("unscale",))
+
+    trainer = kit.trainer(max_epochs=1, callbacks=[Phases()], **QUIET)
+    trainer.fit(Manual(), kit.loader(4, batch_size=2))
+    assert log == [("backward", 0), ("step", 0, "SGD"), ("unscale",), ("backward", 1), ("step", 1, "SGD"),
+                   ("unscale",)]
+    assert trainer.global_step == 2

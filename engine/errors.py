@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["MisconfigurationException", "IllegalTransition", "HandlerError", "OptimizationConfigError"]
+__all__ = ["MisconfigurationException", "IllegalTransition", "HandlerError", "OptimizationConfigError", "LoggerError"]
 
 
 class MisconfigurationException(ValueError):
@@ -29,3 +29,7 @@ class IllegalTransition(RuntimeError):
 
 class HandlerError(RuntimeError):
     """Raised when two handlers claim the same single-provider action, or a handler is malformed."""
+
+
+class LoggerError(RuntimeError):
+    """A logger created with strict=True could not write; raised by the Trainer once the run has ended."""

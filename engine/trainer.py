@@ -31,7 +31,8 @@ from engine.machine import Machine
 from engine.module import LightningModule
 from engine.state import RunStatus, Stage, Timestamp
 from engine.utilities.rank_zero import rank_zero_only
-from hooks.callback import Callback
+from hooks.callback import Callback, attach_run
+from hooks.lr_scheduler import lr_stepper_for
 from strategies.accelerator import select_strategy
 
 __all__ = ["Trainer"]
@@ -77,7 +78,8 @@ class Trainer:
         self.warn_default_epochs = warn_default_epochs
         self.profiler: Any = _build_profiler(s.profiler)
         self._rc = RunContext(self, self.config, s, self.strategy, self.bus, build_fit_machine(),
-                              build_eval_machine(), callbacks, _build_loggers(s))
+                              build_eval_machine(), callbacks, _build_loggers(s), attach_callbacks=attach_run,
+                              fit_handlers=[lr_stepper_for])
 
     # -- the run context and what the Trainer assembled -------------------------------------------------------------
     @property

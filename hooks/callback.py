@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from engine.module import LightningModule
     from engine.trainer import Trainer
 
-__all__ = ["Callback", "attach_callback", "attach_module"]
+__all__ = ["Callback", "attach_callback", "attach_module", "attach_run"]
 
 
 class Callback:
@@ -171,3 +171,21 @@ def attach_module(bus: Bus, module: "LightningModule", trainer: "Trainer") -> li
                     module.__dict__["_current_fx_name"] = prev
         subs.append(bus.subscribe(event_type, call, priority=MODULE, name=f"{type(module).__qualname__}.{name}"))
     return subs
+
+
+def attach_run(bus: Bus, callbacks: list[Any], trainer: "Trainer", module: "LightningModule | None"
+               ) -> tuple[list[Subscription], list[object]]:
+    """A run's handlers in Lightning's order: callbacks in list order (a Callback through its adapter, any other
+    handler object with `bus.attach`, unless it is already attached), then the module's overridden hooks.
+    Returns the subscriptions and the handler objects attached, for the run to remove when it ends."""
+    subs: list[Subscription] = []
+    handlers: list[object] = []
+    for cb in callbacks:
+        if isinstance(cb, Callback):
+            subs.extend(attach_callback(bus, cb, trainer, module))  # type: ignore[arg-type]
+        elif not bus.is_attached(cb):
+            bus.attach(cb)
+            handlers.append(cb)
+    if module is not None:
+        subs.extend(attach_module(bus, module, trainer))
+    return subs, handlers

@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
+from engine.errors import LoggerError
 from engine.log import log
 
 __all__ = [
@@ -21,10 +22,6 @@ __all__ = [
     "add_prefix", "next_version", "allocate_version", "atomic_open", "write_hparams_yaml", "RunDirLogger",
     "NoOpExperiment",
 ]
-
-
-class LoggerError(RuntimeError):
-    """A logger created with strict=True could not write; raised by the Trainer once the run has ended."""
 
 
 class Logger(ABC):

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from engine.events import BatchCompleted, EpochCompleted, OptimizerStepped
     from engine.optim import LRSchedulerConfig
 
-__all__ = ["LRSchedulerStepper"]
+__all__ = ["LRSchedulerStepper", "lr_stepper_for"]
 
 
 class LRSchedulerStepper:
@@ -72,3 +72,12 @@ class LRSchedulerStepper:
                           "skipping this scheduler step", RuntimeWarning, stacklevel=2)
             return
         self.call("lr_scheduler_step", c.scheduler, metrics[c.monitor])
+
+
+def lr_stepper_for(run: Any) -> LRSchedulerStepper | None:
+    """The stepper for a fit (a `RunContext.fit_handlers` factory): only with schedulers, only under automatic
+    optimization."""
+    pipeline = run.pipeline
+    if not (pipeline.lr_scheduler_configs and pipeline.automatic):
+        return None
+    return LRSchedulerStepper(pipeline.lr_scheduler_configs, call=run.call_module)

@@ -30,7 +30,7 @@ from torch import Tensor
 from engine import events as ev
 from engine.bus import LOGGER, Bus, Subscription, declares_context
 from engine.control import Control, ControlRequest
-from engine.errors import MisconfigurationException
+from engine.errors import LoggerError, MisconfigurationException
 from engine.loops.data import BatchTransfer, DataSources, overridden
 from engine.loops.progress import Progress
 from engine.results import LoggedMetrics, ResultCollection
@@ -44,6 +44,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["RunContext", "run_stage", "to_floats"]
 
+# attach_callbacks(bus, callbacks, trainer, module) -> (subscriptions, handler objects attached with bus.attach)
+AttachFn = Callable[[Bus, list, Any, Any], "tuple[list[Subscription], list[object]]"]
+
 _STAGE_OF = {"fit": Stage.TRAIN, "validate": Stage.VALIDATE, "test": Stage.TEST, "predict": Stage.PREDICT}
 
 
@@ -52,7 +55,8 @@ class RunContext:
 
     def __init__(self, trainer: "Trainer", config: "TrainerConfig", settings: "RunSettings", strategy: Any,
                  bus: Bus, machine: "Machine", eval_machine: "Machine", callbacks: list[Any],
-                 loggers: list[Any]) -> None:
+                 loggers: list[Any], attach_callbacks: AttachFn,
+                 fit_handlers: list[Callable[["RunContext"], object | None]] = ()) -> None:
         from engine.loops.optimization import StepPipeline
 
         self.trainer = trainer
@@ -64,6 +68,10 @@ class RunContext:
         self.eval_machine = eval_machine
         self.callbacks = callbacks
         self.loggers = loggers
+        # injected by the facade (engine/ does not import hooks/, DESIGN §1): the Lightning callback adapter, and the
+        # handlers a fit attaches once its optimizers are known (e.g. the LR scheduler stepper)
+        self.attach_callbacks = attach_callbacks
+        self.fit_handlers = list(fit_handlers)
         self.progress = Progress()
         self.control = Control(self.now, notify=self._control_requested)
         self.status = RunStatus()
@@ -195,8 +203,6 @@ class RunContext:
             if getattr(lg, "strict", False) and getattr(lg, "error", None) is not None:
                 failed.append(lg)
         if failed and raise_strict:
-            from hooks.logger import LoggerError
-
             raise LoggerError(
                 "; ".join(f"{type(lg).__name__} could not write to {getattr(lg, 'log_dir', '?')}: {lg.error}"
                           for lg in failed) + " (strict=True: the run is marked failed)")
@@ -262,21 +268,22 @@ class RunContext:
     def attach_run_handlers(self) -> None:
         """Callbacks (in list order), then the module's overridden hooks, then the loggers; detached by
         `detach_run_handlers` when the run ends."""
-        from hooks.callback import Callback, attach_callback, attach_module
-
-        bus, model, subs = self.bus, self.module, self.run_subs
+        bus, subs = self.bus, self.run_subs
         with bus.batch():
-            for cb in self.callbacks:
-                if isinstance(cb, Callback):
-                    subs.extend(attach_callback(bus, cb, self.trainer, model))
-                elif not bus.is_attached(cb):
-                    bus.attach(cb)
-                    self.run_handlers.append(cb)
-            if model is not None:
-                subs.extend(attach_module(bus, model, self.trainer))
+            new_subs, handlers = self.attach_callbacks(bus, self.callbacks, self.trainer, self.module)
+            subs.extend(new_subs)
+            self.run_handlers.extend(handlers)
             for lg in self.loggers:
                 subs.append(bus.subscribe(ev.MetricsWritten, _logger_sink(lg), priority=LOGGER,
                                           name=f"{type(lg).__qualname__}.log_metrics"))
+
+    def attach_fit_handlers(self) -> None:
+        """The handlers a fit attaches once configure_optimizers ran (`fit_handlers` factories; None: not needed)."""
+        for factory in self.fit_handlers:
+            handler = factory(self)
+            if handler is not None:
+                self.bus.attach(handler)
+                self.run_handlers.append(handler)
 
     def detach_run_handlers(self) -> None:
         """Undo `attach_run_handlers` (idempotent: a second call finds nothing to remove)."""

@@ -23,8 +23,8 @@ then the module's hook):
                     [decision point epoch_end]                 -> epoch_start | teardown
     teardown:       TrainEnded, FitEnded, Teardown             -> done
 
-The step-interval LR schedulers are a handler (`hooks.lr_scheduler`) of OptimizerStepped / BatchCompleted /
-EpochCompleted, attached for the fit.
+The LR schedulers are stepped by a handler (`hooks.lr_scheduler`) of OptimizerStepped / BatchCompleted /
+EpochCompleted, attached for the fit through `RunContext.fit_handlers`.
 """
 
 from __future__ import annotations
@@ -74,7 +74,6 @@ class FitLoop:
         self._pending: Any = None
         self.pass_batch_idx = accepts_batch_idx(self.module.training_step)
         self.step_fn = self.module.training_step  # the strategy's wrapper once setup ran
-        self.lr_stepper: Any = None
         self.step_limit = policy.step_limit(run.settings)
 
     # -- views of the progress ------------------------------------------------------------------------------------
@@ -312,12 +311,7 @@ class FitLoop:
         run.setup_common("fit")
         self.step_fn = run.step_method("training_step")
         self.pipeline.setup(self)
-        if self.pipeline.lr_scheduler_configs and self.pipeline.automatic:
-            from hooks.lr_scheduler import LRSchedulerStepper
-
-            self.lr_stepper = LRSchedulerStepper(self.pipeline.lr_scheduler_configs, call=run.call_module)
-            run.bus.attach(self.lr_stepper)
-            run.run_handlers.append(self.lr_stepper)
+        run.attach_fit_handlers()
         self.optimizer = self.pipeline.optimizer
         run.fire_simple(ev.FitStarted)
         run.log_hyperparams()

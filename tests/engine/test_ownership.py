@@ -68,3 +68,22 @@ def test_the_collector_would_catch_a_reach_in(tmp_path: Path) -> None:
 
 def test_the_facade_stays_small() -> None:
     assert len(TRAINER.read_text().splitlines()) <= 600
+
+
+# DESIGN §1: engine/ imports hooks/ and strategies/ only in the facade and in the Lightning-path re-export modules
+FACADES = {"engine/trainer.py", "engine/__init__.py", "engine/callbacks.py", "engine/profilers.py",
+           "engine/loggers/__init__.py", "engine/loggers/logger.py", "engine/loggers/tensorboard.py",
+           "engine/loggers/csv_logs.py"}
+
+
+def test_the_engine_core_does_not_import_handlers_or_strategies() -> None:
+    found = []
+    for path in sorted((ROOT / "engine").rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        if rel in FACADES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found.extend(f"{rel}:{node.lineno} {n}" for n in names if n.split(".")[0] in ("hooks", "strategies"))
+    assert found == []

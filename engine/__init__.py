@@ -37,8 +37,8 @@ __version__ = "0.1.0"
 # Loaded on first use: name -> module that defines it.
 _LAZY = {"Trainer": "engine.trainer", "Callback": "hooks.callback"}
 # Handlers re-exported for `pl.EarlyStopping`-style access (through `hooks`, which is lazy too).
-_HANDLERS = ("ModelSummary", "TensorBoardLogger", "CSVLogger", "Logger", "TQDMProgressBar", "LearningRateMonitor",
-             "Timer", "ThroughputMonitor", "SimpleProfiler", "PyTorchProfiler")
+_HANDLERS = ("ModelCheckpoint", "OnExceptionCheckpoint", "EarlyStopping", "ModelSummary", "TensorBoardLogger",
+             "CSVLogger", "Logger", "TQDMProgressBar", "LearningRateMonitor", "Timer", "ThroughputMonitor", "SimpleProfiler", "PyTorchProfiler")
 # Submodules reachable as attributes without importing them first, as `pl.loggers.CSVLogger` is in Lightning.
 _SUBMODULES = ("callbacks", "loggers", "profilers", "utilities", "core", "trainer", "loops")
 

@@ -227,7 +227,6 @@ def _is_off(value: Any) -> bool:
 # Flags accepted and validated now whose feature lands in a later issue: flag -> (is the feature requested?, feature).
 # The default value of each flag leaves the feature off. Delete an entry when its feature lands.
 _NOT_YET: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "enable_checkpointing": (lambda v: v is True, "automatic checkpointing (ModelCheckpoint)"),
     "strategy": (
         lambda v: not (isinstance(v, str) and v in ("auto", "single_device")) and not _one_process_strategy(v),
         "strategies other than 'auto'/'single_device' (or a one-process Strategy instance)",

@@ -138,6 +138,19 @@ class LightningDataModule(HyperparametersMixin):
         return batch
 
     # --- state ------------------------------------------------------------------------------------------------
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             weights_only: bool | None = None, **kwargs: Any) -> Any:
+        """A new datamodule built from the checkpoint's datamodule hyperparameters (`kwargs` override them), with
+        its saved `state_dict()` restored."""
+        if hparams_file is not None:
+            raise NotImplementedError("load_from_checkpoint(hparams_file=...): not supported; pass the "
+                                      "hyperparameters as keyword arguments instead")
+        from engine.checkpoint import load_datamodule
+
+        return load_datamodule(cls, checkpoint_path, map_location=map_location,
+                               weights_only=True if weights_only is None else weights_only, **kwargs)
+
     def state_dict(self) -> dict[str, Any]:
         """State saved in checkpoints under the class's `__qualname__` (only when non-empty)."""
         return {}

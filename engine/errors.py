@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["MisconfigurationException", "IllegalTransition", "HandlerError", "OptimizationConfigError", "LoggerError"]
+__all__ = ["MisconfigurationException", "IllegalTransition", "HandlerError", "OptimizationConfigError", "LoggerError",
+           "CheckpointError"]
 
 
 class MisconfigurationException(ValueError):
@@ -33,3 +34,7 @@ class HandlerError(RuntimeError):
 
 class LoggerError(RuntimeError):
     """A logger created with strict=True could not write; raised by the Trainer once the run has ended."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read: the message names the file and what is wrong with it."""

@@ -52,11 +52,17 @@ class AttributeDict(dict):
 class HyperparametersMixin:
     """Adds `save_hyperparameters()`, `hparams` and `hparams_initial`; list it before `nn.Module` in the bases."""
 
-    __jit_unused_properties__: list[str] = ["hparams", "hparams_initial", "hparams_logged"]
+    __jit_unused_properties__: list[str] = ["hparams", "hparams_initial", "hparams_logged", "hparams_name"]
 
     def __init__(self) -> None:
         super().__init__()
         self._log_hyperparams = False
+
+    @property
+    def hparams_name(self) -> str | None:
+        """How the hyperparameters were given to `save_hyperparameters` ('kwargs', an argument name, or None);
+        Lightning stores it in checkpoints as `hparams_name`."""
+        return getattr(self, "_hparams_name", None)
 
     @property
     def hparams_logged(self) -> bool:

@@ -6,7 +6,7 @@ fires `StateChanged` only when someone listens, and on an exception calls `on_ex
 
 The fit machine (`engine.loops.fit.build_fit_machine`):
 
-    setup          -> epoch_start | validation (sanity check) | teardown
+    setup          -> epoch_start | validation (sanity check) | teardown | batch | epoch_end (resume)
     epoch_start    -> batch | epoch_end | teardown
     batch          -> backward | batch | validation | epoch_end | teardown
     backward       -> optimizer_step | batch

@@ -373,6 +373,19 @@ class LightningModule(HyperparametersMixin, nn.Module):
     def on_save_checkpoint(self, checkpoint: dict) -> None: ...
     def on_load_checkpoint(self, checkpoint: dict) -> None: ...
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             strict: bool | None = None, weights_only: bool | None = None, **kwargs: Any) -> Any:
+        """A new module built from the checkpoint's hyperparameters (`kwargs` override them) with its weights;
+        read without pickle unless `weights_only=False` (engine.checkpoint)."""
+        if hparams_file is not None:
+            raise NotImplementedError("load_from_checkpoint(hparams_file=...): not supported; pass the "
+                                      "hyperparameters as keyword arguments instead")
+        from engine.checkpoint import load_module
+
+        return load_module(cls, checkpoint_path, map_location=map_location, strict=strict,
+                           weights_only=True if weights_only is None else weights_only, **kwargs)
+
     def on_validation_model_zero_grad(self) -> None:
         self.zero_grad()
 

@@ -791,6 +791,16 @@ class LoggedMetrics:
         self._merge(metrics)
         return metrics.log if write_logs and metrics.log else None
 
+    def state_dict(self) -> dict[str, Any]:
+        """The callback / logged / progress-bar dicts (tensors and numbers)."""
+        self._merge_live()
+        return {"callback": dict(self._callback), "logged": dict(self._logged), "pbar": dict(self._pbar)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._callback = dict(state["callback"])
+        self._logged = dict(state["logged"])
+        self._pbar = dict(state["pbar"])
+
     def reset(self) -> None:
         """Forget all metrics (fit start, before and after the sanity check)."""
         self._callback = {}

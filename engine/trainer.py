@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor
 
+from engine import checkpoint
 from engine.bus import CALLBACK, Bus, Subscription
 from engine.config import TrainerConfig
 from engine.control import Control
@@ -76,6 +77,7 @@ class Trainer:
             s.max_epochs = -1  # a time limit replaces the 1000-epoch default, as in Lightning
             warn_default_epochs = False
         self.warn_default_epochs = warn_default_epochs
+        self.ckpt_path: str | None = None  # the checkpoint the last run loaded (Lightning's trainer.ckpt_path)
         self.profiler: Any = _build_profiler(s.profiler)
         self._rc = RunContext(self, self.config, s, self.strategy, self.bus, build_fit_machine(),
                               build_eval_machine(), callbacks, _build_loggers(s), attach_callbacks=attach_run,
@@ -165,7 +167,6 @@ class Trainer:
             datamodule, train_dataloaders = train_dataloaders, None
         if datamodule is not None and (train_dataloaders is not None or val_dataloaders is not None):
             raise MisconfigurationException("trainer.fit: pass either dataloaders or datamodule=..., not both")
-        _refuse_ckpt(ckpt_path)
         name = type(model).__name__
         if not overridden(model, LightningModule, "training_step"):
             raise MisconfigurationException(
@@ -181,6 +182,7 @@ class Trainer:
                 f"trainer.fit: no training data; pass train_dataloaders, a datamodule, or define {name}.train_dataloader()")
         self._use_datamodule(datamodule)
         self._rc.sources.prepare("fit", model, datamodule, train=train_dataloaders, val=val_dataloaders)
+        self._load_ckpt(ckpt_path, "fit", weights_only)
         if self.warn_default_epochs:
             warnings.warn("`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch limit, "
                           "set `max_epochs=-1`.", UserWarning, stacklevel=2)
@@ -190,40 +192,46 @@ class Trainer:
                  verbose: bool = True, datamodule: LightningDataModule | None = None,
                  weights_only: bool | None = None) -> list[dict[str, float]]:
         """Run validation once; returns one dict of epoch metrics per dataloader."""
-        return self._evaluate("validate", model, dataloaders, ckpt_path, verbose, datamodule)
+        return self._evaluate("validate", model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def test(self, model: LightningModule | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
              verbose: bool = True, datamodule: LightningDataModule | None = None,
              weights_only: bool | None = None) -> list[dict[str, float]]:
         """Run the test loop once; returns one dict of epoch metrics per dataloader."""
-        return self._evaluate("test", model, dataloaders, ckpt_path, verbose, datamodule)
+        return self._evaluate("test", model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def predict(self, model: LightningModule | None = None, dataloaders: Any = None,
                 datamodule: LightningDataModule | None = None, return_predictions: bool | None = None,
                 ckpt_path: str | None = None, weights_only: bool | None = None) -> Any:
         """Run predict_step over the data; returns the list of predictions (a list per dataloader if several)."""
-        model, datamodule = self._eval_inputs("predict", model, dataloaders, ckpt_path, datamodule)
+        model, datamodule = self._eval_inputs("predict", model, dataloaders, ckpt_path, datamodule, weights_only)
         keep = True if return_predictions is None else bool(return_predictions)
         out = self.strategy.launch(run_stage, self._rc, "predict", model, self.profiler, keep)
         return out if keep else None
 
     def _evaluate(self, stage: str, model: Any, dataloaders: Any, ckpt_path: Any, verbose: bool,
-                  datamodule: Any) -> list[dict[str, float]]:
-        model, datamodule = self._eval_inputs(stage, model, dataloaders, ckpt_path, datamodule)
+                  datamodule: Any, weights_only: bool | None) -> list[dict[str, float]]:
+        model, datamodule = self._eval_inputs(stage, model, dataloaders, ckpt_path, datamodule, weights_only)
         results = self.strategy.launch(run_stage, self._rc, stage, model, self.profiler, True)
         if verbose and self.is_global_zero:
             _print_results(stage, results)
         return results
 
-    def _eval_inputs(self, stage: str, model: Any, dataloaders: Any, ckpt_path: Any, datamodule: Any) -> tuple:
-        """Check the arguments of validate/test/predict and remember where their data comes from."""
+    def _eval_inputs(self, stage: str, model: Any, dataloaders: Any, ckpt_path: Any, datamodule: Any,
+                     weights_only: bool | None) -> tuple:
+        """Check the arguments of validate/test/predict, remember where their data comes from, read the checkpoint."""
         if model is None:
             model = self.lightning_module
             if model is None:
                 raise no_model(stage)
+            handlers = self._rc.checkpoint_handlers()
+            if ckpt_path is None and handlers and handlers[0].best_model_path:
+                warnings.warn(f"`.{stage}(ckpt_path=None)` was called without a model: the best model of the "
+                              f"previous `fit` call is used ({handlers[0].best_model_path}); pass "
+                              f"`.{stage}(ckpt_path='best')` to say so", UserWarning, stacklevel=3)
+                ckpt_path = "best"
         else:
             check_model(model, stage)
-        _refuse_ckpt(ckpt_path)
         if isinstance(dataloaders, LightningDataModule):
             datamodule, dataloaders = dataloaders, None
         if datamodule is not None and dataloaders is not None:
@@ -232,7 +240,16 @@ class Trainer:
             check_step_implemented(model, stage)
         self._use_datamodule(datamodule)
         self._rc.sources.prepare(stage, model, datamodule, eval_loaders=dataloaders)
+        self._load_ckpt(ckpt_path, stage, weights_only)
         return model, datamodule
+
+    def _load_ckpt(self, ckpt_path: Any, fn: str, weights_only: bool | None) -> None:
+        """Resolve and read `ckpt_path` before any work; the run restores from it (engine.loops.resume)."""
+        path = self._rc.resolve_ckpt_path(ckpt_path, fn)
+        self.ckpt_path = path
+        self._rc.resume_from = None if path is None else checkpoint.load(
+            path, weights_only=True if weights_only is None else weights_only)
+        self._rc.resume_source = path
 
     def _use_datamodule(self, datamodule: Any) -> None:
         self._rc.datamodule = datamodule
@@ -417,20 +434,28 @@ class Trainer:
     predicting = _stage_is(Stage.PREDICT)
 
     @property
-    def checkpoint_callback(self) -> None:
-        return None
+    def checkpoint_callback(self) -> Any:
+        """The first ModelCheckpoint among the callbacks, or None."""
+        found = self.checkpoint_callbacks
+        return found[0] if found else None
 
     @property
-    def checkpoint_callbacks(self) -> list:
-        return []
+    def checkpoint_callbacks(self) -> list[Any]:
+        from hooks.checkpoint import ModelCheckpoint
+
+        return [c for c in self.callbacks if isinstance(c, ModelCheckpoint)]
 
     @property
-    def early_stopping_callback(self) -> None:
-        return None
+    def early_stopping_callback(self) -> Any:
+        """The first EarlyStopping among the callbacks, or None."""
+        found = self.early_stopping_callbacks
+        return found[0] if found else None
 
     @property
-    def early_stopping_callbacks(self) -> list:
-        return []
+    def early_stopping_callbacks(self) -> list[Any]:
+        from hooks.early_stopping import EarlyStopping
+
+        return [c for c in self.callbacks if isinstance(c, EarlyStopping)]
 
     @property
     def estimated_stepping_batches(self) -> int | float:
@@ -449,7 +474,12 @@ class Trainer:
             print(*args, **kwargs)
 
     def save_checkpoint(self, filepath: str, weights_only: bool | None = None, storage_options: Any = None) -> None:
-        raise NotImplementedError("trainer.save_checkpoint: checkpointing is not available in statetrain yet")
+        """Write the checkpoint of the run as it is now, atomically (engine.checkpoint); during a fit, a checkpoint
+        written at a batch or epoch boundary (ModelCheckpoint does so) resumes bit-exactly."""
+        if storage_options is not None:
+            raise MisconfigurationException("trainer.save_checkpoint(storage_options=...): only local paths are "
+                                            "supported; leave storage_options None")
+        self._rc.save_checkpoint(filepath, weights_only=bool(weights_only))
 
 
 # -- assembly -----------------------------------------------------------------------------------------------------------
@@ -490,7 +520,16 @@ def _default_callbacks(s: Any, config: TrainerConfig, callbacks: list[Any]) -> t
         from hooks.model_summary import ModelSummary
 
         callbacks.append(ModelSummary())
-    return callbacks, bool(timers)
+    from hooks.checkpoint import ModelCheckpoint
+
+    checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    if config.enable_checkpointing is False and checkpoints:
+        raise MisconfigurationException("Trainer was configured with `enable_checkpointing=False` but found "
+                                        "`ModelCheckpoint` in callbacks list; remove it or drop the flag")
+    if config.enable_checkpointing is not False and not checkpoints and not s.fast_dev_run:
+        checkpoints = [ModelCheckpoint()]
+    # Lightning runs the checkpoint callbacks last, after every other callback has seen the event
+    return [c for c in callbacks if not isinstance(c, ModelCheckpoint)] + checkpoints, bool(timers)
 
 
 def _build_loggers(s: Any) -> list[Any]:
@@ -518,12 +557,6 @@ def _build_profiler(flag: Any) -> Any:
     from hooks.profiler import resolve_profiler
 
     return resolve_profiler(flag)
-
-
-def _refuse_ckpt(ckpt_path: Any) -> None:
-    if ckpt_path is not None:
-        raise NotImplementedError(
-            f"ckpt_path={ckpt_path!r}: loading checkpoints is not available in statetrain yet; leave it None")
 
 
 def _is_progress_bar(cb: Any) -> bool:

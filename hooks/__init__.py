@@ -25,6 +25,10 @@ _EXPORTS = {
     "SimpleProfiler": "hooks.profiler",
     "PyTorchProfiler": "hooks.profiler",
     "PassThroughProfiler": "hooks.profiler",
+    "ModelCheckpoint": "hooks.checkpoint",
+    "OnExceptionCheckpoint": "hooks.checkpoint",
+    "EarlyStopping": "hooks.early_stopping",
+    "EarlyStoppingReason": "hooks.early_stopping",
 }
 
 __all__ = list(_EXPORTS)

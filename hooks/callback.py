@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from engine.bus import CALLBACK, MODULE, MONITOR, Bus, Subscription
 from engine.events import (
-    LIGHTNING_HOOKS, BatchStarted, EpochEnded, Event, ExceptionRaised, SanityCheckEnded, SanityCheckStarted, Setup,
-    Teardown,
+    LIGHTNING_HOOKS, BatchStarted, EpochEnded, Event, ExceptionRaised, LoadCheckpoint, SanityCheckEnded,
+    SanityCheckStarted, SaveCheckpoint, Setup, Teardown,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -98,7 +98,8 @@ def _overrides(obj: object, base: type, name: str) -> bool:
 
 def _callback_adapter(hook: Callable, name: str, trainer: "Trainer", module: "LightningModule",
                       with_kwargs: bool) -> Callable:
-    state = module.__dict__  # `_current_fx_name` written directly: nn.Module.__setattr__ is slow on this path
+    # `_current_fx_name` written directly: nn.Module.__setattr__ is slow on this path (no module: describe())
+    state = module.__dict__ if module is not None else {}
 
     if with_kwargs:
         def call(event: Event) -> None:
@@ -139,7 +140,9 @@ def attach_callback(bus: Bus, callback: Callback, trainer: "Trainer", module: "L
     return subs
 
 
-_NOT_MODULE_HOOKS = (ExceptionRaised, SanityCheckStarted, SanityCheckEnded)
+# the checkpoint hooks of the module are called by the checkpoint code itself (Lightning calls the module's
+# on_load_checkpoint before the callbacks', and its on_save_checkpoint also for weights-only checkpoints)
+_NOT_MODULE_HOOKS = (ExceptionRaised, SanityCheckStarted, SanityCheckEnded, SaveCheckpoint, LoadCheckpoint)
 
 
 def attach_module(bus: Bus, module: "LightningModule", trainer: "Trainer") -> list[Subscription]:

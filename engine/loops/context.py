@@ -92,6 +92,12 @@ class RunContext:
         self.run_subs: list[Subscription] = []
         self.run_handlers: list[object] = []
         self.warned: set[str] = set()
+        # checkpoints: writes queued for the next boundary, where the run is at (next state, epoch finished?)
+        self.boundary_writes: list[Callable[[], None]] = []
+        self.boundary: tuple[str, bool] | None = None
+        self.epoch_rng: dict[str, Any] | None = None  # RNG states just before this epoch's iter(train loader)
+        self.resume_from: dict[str, Any] | None = None  # the checkpoint `fit(ckpt_path=...)` resumes from
+        self.resume_source: str | None = None  # and its path, for messages
 
     # -- the RunView events carry -------------------------------------------------------------------------------------
     def now(self) -> Timestamp:
@@ -238,6 +244,8 @@ class RunContext:
                 if self.strategy.is_global_zero:
                     profiler.describe()
             self.detach_run_handlers()
+            self.resume_from = None
+            self.boundary_writes = []
             model.__dict__["_current_fx_name"] = None
             self.results = None
             status.stage = None
@@ -375,11 +383,91 @@ class RunContext:
             self.warned.add(key)
             warnings.warn(message, category, stacklevel=3)
 
+    # -- checkpoints: boundaries ------------------------------------------------------------------------------------
+    def at_boundary(self, write: Callable[[], None]) -> None:
+        """Run `write` at the fit's next boundary (the end of the current batch, validation included, or of the
+        epoch), where a checkpoint describes a moment the run can resume from exactly."""
+        self.boundary_writes.append(write)
+
+    def reach_boundary(self, next_state: str, epoch_done: bool) -> None:
+        """The loop is at a boundary: run the queued writes with `boundary` saying where the fit goes on."""
+        writes, self.boundary_writes = self.boundary_writes, []
+        self.boundary = (next_state, epoch_done)
+        try:
+            for write in writes:
+                write()
+        finally:
+            self.boundary = None
+
+    def resume_record(self) -> dict[str, Any]:
+        """Where a fit resumed from a checkpoint written now goes on: exact at a boundary, else the best guess
+        (the next batch, the epoch's end, or the next epoch)."""
+        if self.boundary is not None:
+            nxt, done = self.boundary
+            return {"next": nxt, "epoch_done": done, "exact": True}
+        p = self.progress
+        if p.batch_idx == 0:
+            return {"next": "epoch_start", "epoch_done": p.epoch > 0, "exact": self.status.status != "running"}
+        return {"next": "epoch_end" if p.is_last_batch else "batch", "epoch_done": False, "exact": False}
+
+    def save_checkpoint(self, path: Any, weights_only: bool = False) -> Any:
+        """Build the checkpoint (handlers' on_save_checkpoint, then the module's) and write it atomically."""
+        from engine import checkpoint
+
+        ckpt = checkpoint.build(self, weights_only=weights_only)
+        if not weights_only:
+            hs = self.bus.table.get(ev.SaveCheckpoint)
+            if hs:
+                self.bus.call(hs, ev.SaveCheckpoint(self, self.progress.timestamp(), ckpt))
+        self.call_module("on_save_checkpoint", ckpt)
+        return checkpoint.save(ckpt, path)
+
+    def checkpoint_handlers(self) -> list[Any]:
+        """The ModelCheckpoint-like handlers of the run (they know `best_model_path`)."""
+        return [cb for cb in self.callbacks if hasattr(cb, "best_model_path") and hasattr(cb, "dirpath")]
+
+    def resolve_ckpt_path(self, ckpt_path: Any, fn: str) -> Any:
+        """`ckpt_path`: a path, 'best' (the first checkpoint handler's best model) or 'last' (the newest last*.ckpt
+        of the checkpoint handlers); None stays None."""
+        import os
+        from pathlib import Path
+
+        if ckpt_path is None:
+            return None
+        handlers = self.checkpoint_handlers()
+        if ckpt_path == "best":
+            best = handlers[0].best_model_path if handlers else ""
+            if not best:
+                raise MisconfigurationException(
+                    f"trainer.{fn}(ckpt_path='best'): no best checkpoint is known"
+                    + ("" if handlers else " (there is no ModelCheckpoint in callbacks)")
+                    + "; run fit with a ModelCheckpoint first, or pass a path")
+            return best
+        if ckpt_path == "last":
+            found = [Path(h.last_model_path) for h in handlers if getattr(h, "last_model_path", "")]
+            found.extend(Path(h.ckpt_path) for h in handlers if isinstance(getattr(h, "ckpt_path", None), str))
+            for h in handlers:
+                if h.dirpath and os.path.isdir(h.dirpath):
+                    found.extend(Path(h.dirpath).glob("last*.ckpt"))
+            found = [f for f in found if f.is_file()]
+            if not found:
+                self.warn_once(f"no_last_{fn}", f"trainer.{fn}(ckpt_path='last'): no last checkpoint found; "
+                               "starting from scratch")
+                return None
+            return str(max(found, key=lambda f: f.stat().st_mtime))
+        return str(ckpt_path)
+
+    def data_position(self) -> dict[str, Any]:
+        """The train data's position: the RNG states at the epoch's start and the batches consumed in it."""
+        return {"epoch_rng": self.epoch_rng, "batch_idx": self.progress.batch_idx}
+
     # -- state -------------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The run position as data: progress, control, the machine position and the result collections."""
+        """The run position as data: progress, control, the machine position, the result collections and the
+        metrics dicts."""
         return {"progress": self.progress.state_dict(), "control": self.control.state_dict(),
                 "machine": self.machine.position, "train_results": self.train_results.state_dict(),
+                "metrics": self.metrics.state_dict(),
                 "eval_steps": [[stage, idx, n] for (stage, idx), n in self.eval_steps.items()]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -387,6 +475,8 @@ class RunContext:
         self.progress.load_state_dict(state["progress"])
         self.control.load_state_dict(state["control"])
         self.train_results.load_state_dict(state["train_results"])
+        if "metrics" in state:
+            self.metrics.load_state_dict(state["metrics"])
         self.eval_steps = {(stage, int(idx)): int(n) for stage, idx, n in state.get("eval_steps", [])}
 
 

@@ -16,7 +16,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from engine.loops.context import RunContext
 
 __all__ = ["as_loader_list", "num_batches", "set_sampler_epoch", "without_shuffle", "has_len", "maybe_seed_workers",
-           "check_not_empty", "overridden", "DataSources", "BatchTransfer"]
+           "check_not_empty", "overridden", "DataSources", "BatchTransfer", "loader_generators", "resume_iterator",
+           "SkipBatches"]
 
 
 def has_len(loader: Any) -> bool:
@@ -83,6 +84,62 @@ def _rebuild(loader: DataLoader, **changes: Any) -> DataLoader:
         kwargs.pop("drop_last")
     kwargs.update(changes)
     return DataLoader(**kwargs)
+
+
+def loader_generators(loader: Any) -> list[Any]:
+    """The torch.Generator objects a DataLoader draws its order and worker seeds from (besides the global RNG)."""
+    found: list[Any] = []
+    for g in (getattr(loader, "generator", None), getattr(getattr(loader, "sampler", None), "generator", None),
+              getattr(getattr(getattr(loader, "batch_sampler", None), "sampler", None), "generator", None)):
+        if g is not None and not any(g is h for h in found):
+            found.append(g)
+    return found
+
+
+class SkipBatches:
+    """A batch sampler that draws the same batches as `inner` but yields only those after the first `skip`:
+    the skipped ones cost their indices, never their samples."""
+
+    def __init__(self, inner: Any, skip: int) -> None:
+        self.inner = inner
+        self.skip = skip
+
+    def __iter__(self) -> Any:
+        it = iter(self.inner)
+        for _ in range(self.skip):
+            if next(it, None) is None:
+                return
+        yield from it
+
+    def __len__(self) -> int:
+        return max(len(self.inner) - self.skip, 0)
+
+
+def resume_iterator(loader: Any, skip: int) -> Any:
+    """An iterator over `loader` that starts after its first `skip` batches. A map-style DataLoader replays its
+    batch sampler (indices only, so skipping costs milliseconds); anything else is iterated and its first batches
+    are dropped, which loads them (with a warning saying so)."""
+    if skip <= 0:
+        return iter(loader)
+    if (isinstance(loader, DataLoader) and loader.batch_sampler is not None
+            and not isinstance(loader.dataset, IterableDataset)):
+        kwargs: dict[str, Any] = dict(dataset=loader.dataset, batch_sampler=SkipBatches(loader.batch_sampler, skip),
+                                      num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                                      pin_memory=loader.pin_memory, timeout=loader.timeout,
+                                      worker_init_fn=loader.worker_init_fn, generator=loader.generator,
+                                      persistent_workers=loader.persistent_workers)
+        if loader.num_workers > 0:
+            kwargs["prefetch_factor"] = loader.prefetch_factor
+            kwargs["multiprocessing_context"] = loader.multiprocessing_context
+        return iter(DataLoader(**kwargs))
+    warnings.warn(f"resuming mid-epoch from a {type(loader).__name__} that cannot skip by index (an IterableDataset "
+                  f"or a custom iterable): its first {skip} batches of the epoch are loaded and dropped",
+                  UserWarning, stacklevel=3)
+    it = iter(loader)
+    for _ in range(skip):
+        if next(it, None) is None:
+            break
+    return it
 
 
 def without_shuffle(loader: Any) -> Any:

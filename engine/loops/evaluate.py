@@ -234,6 +234,10 @@ def run_eval_stage(run: "RunContext", stage: str, return_predictions: bool) -> A
     p = run.progress
     p.set_timestamp(Timestamp(epoch=p.epoch, global_step=p.global_step))  # keep epoch and step, restart the rest
     run.setup_common(stage)
+    if run.resume_from is not None:  # ckpt_path=: weights, datamodule and handler states (Lightning's order)
+        from engine.loops.resume import restore_modules
+
+        restore_modules(run, run.resume_from)
     if stage != "predict":
         run.log_hyperparams()
     run.call_module("zero_grad")

@@ -5,8 +5,10 @@ Each state function takes the FitLoop (the fit's context) and returns the next s
 the run state from the `RunContext` (`loop.run`). In pseudocode, with the events each state fires (callbacks first,
 then the module's hook):
 
-    setup:          configure_callbacks, prepare_data, Setup, configure_model, configure_optimizers, FitStarted,
-                    zero_grad                                  -> validation (sanity) | epoch_start | teardown
+    setup:          configure_callbacks, prepare_data, Setup, configure_model, [checkpoint: weights, datamodule,
+                    handlers], configure_optimizers, FitStarted, [checkpoint: run state, optimizers, schedulers,
+                    data position], zero_grad                  -> validation (sanity) | epoch_start | teardown
+                                                                  | batch | epoch_end (resume)
     epoch_start:    [first: train_dataloader, TrainStarted] set_epoch, EpochStarted, iter(loader)
                                                                -> batch | epoch_end | teardown
     batch:          [decision point batch_start] next(loader), transfer hooks, BatchStarted, training_step
@@ -36,7 +38,7 @@ from torch import Tensor
 from engine import events as ev
 from engine.errors import MisconfigurationException
 from engine.loops import policy
-from engine.loops.data import num_batches, set_sampler_epoch
+from engine.loops.data import loader_generators, num_batches, resume_iterator, set_sampler_epoch
 from engine.loops.evaluate import EvalLoop, accepts_batch_idx
 from engine.loops.optimization import SkipStep
 from engine.machine import DONE, Machine
@@ -75,6 +77,8 @@ class FitLoop:
         self.pass_batch_idx = accepts_batch_idx(self.module.training_step)
         self.step_fn = self.module.training_step  # the strategy's wrapper once setup ran
         self.step_limit = policy.step_limit(run.settings)
+        self.resume_next: str | None = None  # where setup sends a resumed fit
+        self._resume_rng: dict | None = None  # RNG states to restore right after the first resumed fetch
 
     # -- views of the progress ------------------------------------------------------------------------------------
     @property
@@ -120,6 +124,11 @@ class FitLoop:
                 batch = next(self._iter)
             except StopIteration:
                 return False
+            if self._resume_rng is not None:  # a resumed epoch: its data position is reached, now its RNG
+                from engine.checkpoint import set_rng_state
+
+                set_rng_state(self._resume_rng)
+                self._resume_rng = None
         if sources.train_sized:
             p.is_last_batch = idx + 1 >= n
         elif idx + 1 >= n:
@@ -291,13 +300,17 @@ class FitLoop:
         p.batches_stepped += 1
 
     def after_batch(self) -> str:
-        """Where to go once a batch (and any validation after it) is done."""
+        """Where to go once a batch (and any validation after it) is done; a boundary for checkpoints."""
         p, control = self.progress, self.run.control
         if p.is_last_batch or control.skip_epoch_requested:
-            return "epoch_end"
-        if control.stop_requested or p.global_step >= self.step_limit:
-            return "epoch_end" if self.done(mid_epoch=True) else "batch"
-        return "batch"
+            nxt = "epoch_end"
+        elif control.stop_requested or p.global_step >= self.step_limit:
+            nxt = "epoch_end" if self.done(mid_epoch=True) else "batch"
+        else:
+            nxt = "batch"
+        if self.run.boundary_writes:
+            self.run.reach_boundary(nxt, epoch_done=False)
+        return nxt
 
     # -- the phases of a fit ----------------------------------------------------------------------------------------
     def setup_fit(self) -> None:
@@ -310,10 +323,19 @@ class FitLoop:
         run.eval_results = run.new_results(training=False)
         run.setup_common("fit")
         self.step_fn = run.step_method("training_step")
+        ckpt = run.resume_from
+        if ckpt is not None:
+            from engine.loops.resume import restore_modules
+
+            restore_modules(run, ckpt)
         self.pipeline.setup(self)
         run.attach_fit_handlers()
         self.optimizer = self.pipeline.optimizer
         run.fire_simple(ev.FitStarted)
+        if ckpt is not None:
+            from engine.loops.resume import restore_training
+
+            self.resume_next = restore_training(self, ckpt)
         run.log_hyperparams()
         run.call_module("zero_grad")
 
@@ -354,8 +376,43 @@ class FitLoop:
         run.control.skip_epoch_requested = False
         set_sampler_epoch(sources.train_dataloader, p.epoch)
         run.fire_simple(ev.EpochStarted)
+        self.record_epoch_rng()
         self._iter = iter(sources.train_dataloader)
         return "batch"
+
+    def record_epoch_rng(self) -> None:
+        """The RNG states the epoch's data order is drawn from (global and the loader's own generators), for an
+        exact mid-epoch resume."""
+        from engine.checkpoint import rng_state
+
+        state = rng_state()
+        state["generators"] = [g.get_state() for g in loader_generators(self.run.sources.train_dataloader)]
+        self.run.epoch_rng = state
+
+    def resume_epoch(self, data: dict[str, Any] | None, rng: dict[str, Any] | None) -> None:
+        """Re-enter the epoch the checkpoint was written in: its data order re-created from the RNG states of its
+        start, the consumed batches skipped by index, the checkpoint's RNG restored before the next batch."""
+        from engine.checkpoint import set_rng_state
+
+        run, p = self.run, self.progress
+        run.results = run.train_results
+        run.metrics.attach(run.train_results)
+        loader = run.sources.train_dataloader
+        self._pending = None
+        set_sampler_epoch(loader, p.epoch)
+        epoch_rng = data.get("epoch_rng") if data else None
+        if epoch_rng is None:
+            run.warn_once("resume_no_rng", "resuming mid-epoch without the epoch's RNG states (a checkpoint from "
+                          "Lightning or written without them): the epoch's remaining batches come from a fresh "
+                          "iterator, so they may differ from the interrupted run's")
+            self._iter = resume_iterator(loader, 0)
+            return
+        set_rng_state(epoch_rng)
+        for g, state in zip(loader_generators(loader), epoch_rng.get("generators", [])):
+            g.set_state(state)
+        run.epoch_rng = epoch_rng
+        self._iter = resume_iterator(loader, int(data["batch_idx"]))  # type: ignore[index]
+        self._resume_rng = rng
 
     def sanity_check(self) -> None:
         """Validation on num_sanity_val_steps batches with the RNG isolated; its metrics are discarded."""
@@ -409,6 +466,7 @@ class FitLoop:
         run.fire_simple(ev.EpochCompleted)
         p.epoch += 1
         p.batch_in_epoch = 0
+        p.batch_idx = 0
         if self.pipeline.resolve_control is not None:
             run.resolve_control("epoch_end")
 
@@ -425,8 +483,11 @@ class FitLoop:
 
 # -- the state functions --------------------------------------------------------------------------------------------
 def setup(loop: FitLoop) -> str:
-    """Module and optimizers ready, FitStarted fired; sanity check next if validation is on."""
+    """Module and optimizers ready, FitStarted fired; sanity check next if validation is on. Resuming from a
+    checkpoint, the run state is restored and the fit goes on at the state the checkpoint names."""
     loop.setup_fit()
+    if loop.resume_next is not None:
+        return loop.resume_next
     s = loop.run.settings
     if policy.should_sanity_check(loop.run.val_on, s):
         return "validation"
@@ -498,9 +559,10 @@ def validation(loop: FitLoop) -> str:
 def epoch_end(loop: FitLoop) -> str:
     """EpochEnded (after its validation), epoch metrics, EpochCompleted; then the next epoch or teardown."""
     loop.end_epoch()
-    if loop.done(mid_epoch=False):
-        return "teardown"
-    return "epoch_start"
+    nxt = "teardown" if loop.done(mid_epoch=False) else "epoch_start"
+    if loop.run.boundary_writes:
+        loop.run.reach_boundary(nxt, epoch_done=True)
+    return nxt
 
 
 def teardown(loop: FitLoop) -> str:
@@ -512,7 +574,7 @@ def teardown(loop: FitLoop) -> str:
 def build_fit_machine() -> Machine:
     """The fit machine with exactly the user's eight states (see the module docstring)."""
     m = Machine("fit", initial="setup")
-    m.add_state("setup", setup, to={"epoch_start", "validation", "teardown"})
+    m.add_state("setup", setup, to={"epoch_start", "validation", "teardown", "batch", "epoch_end"})
     m.add_state("epoch_start", epoch_start, to={"batch", "epoch_end", "teardown"})
     m.add_state("batch", batch, to={"backward", "batch", "validation", "epoch_end", "teardown"})
     m.add_state("backward", backward, to={"optimizer_step", "batch"})

@@ -179,6 +179,9 @@ def load(path: str | os.PathLike, map_location: Any = None, weights_only: bool =
     if not source.is_file():
         raise CheckpointError(f"checkpoint {source} does not exist" + (" (it is a directory)" if source.is_dir()
                                                                         else ""))
+    if not zipfile.is_zipfile(source):
+        raise CheckpointError(f"checkpoint {source} is truncated or corrupt (not a torch zip archive); use an "
+                              "earlier checkpoint")
     try:
         if weights_only:
             with torch.serialization.safe_globals(safe_globals()):
@@ -187,12 +190,10 @@ def load(path: str | os.PathLike, map_location: Any = None, weights_only: bool =
             ckpt = torch.load(source, map_location=map_location, weights_only=False)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text or "Unsupported operand" in text:
-            what = text.split("Unsupported global:", 1)[1].split(" was not", 1)[0].strip() if (
-                "Unsupported global:" in text) else "objects that need pickle"
+        if "Weights only load failed" in text or "weights_only" in text:
             raise CheckpointError(
-                f"checkpoint {source} needs pickle to load: it contains {what}, and unpickling can run arbitrary "
-                "code. If you trust the file (you wrote it), pass weights_only=False") from exc
+                f"checkpoint {source} needs pickle to load: it contains {_unsafe_global(text)}, and unpickling can "
+                "run arbitrary code. If you trust the file (you wrote it), pass weights_only=False") from exc
         raise CheckpointError(f"checkpoint {source} is corrupt: {text}") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise CheckpointError(f"checkpoint {source} is truncated or corrupt ({type(exc).__name__}: "
@@ -201,6 +202,17 @@ def load(path: str | os.PathLike, map_location: Any = None, weights_only: bool =
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {source} holds a {type(ckpt).__name__}, not a checkpoint dict")
     return migrate(ckpt, source)
+
+
+def _unsafe_global(text: str) -> str:
+    """The global torch's weights-only unpickler refused, from its message."""
+    import re
+
+    for pattern in (r"Unsupported global: GLOBAL ([\w.]+)", r"unsupported GLOBAL ([\w.]+)", r"GLOBAL ([\w.]+)"):
+        found = re.search(pattern, text)
+        if found:
+            return f"the global {found.group(1)}"
+    return "objects that need pickle"
 
 
 def migrate(ckpt: dict[str, Any], source: Path | str = "<checkpoint>") -> dict[str, Any]:

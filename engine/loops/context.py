@@ -20,6 +20,9 @@ the run starts and detached when it ends, exactly once.
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 import warnings
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -42,7 +45,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from engine.machine import Machine
     from engine.trainer import Trainer
 
-__all__ = ["RunContext", "run_stage", "to_floats"]
+__all__ = ["RunContext", "run_stage", "to_floats", "SignalStop", "EXIT_INTERRUPTED", "EXIT_SIGNAL_CHECKPOINTED"]
+
+EXIT_INTERRUPTED = 130  # KeyboardInterrupt: on_exception ran, loggers flushed, no checkpoint
+EXIT_SIGNAL_CHECKPOINTED = 75  # SIGTERM / first SIGINT: the step finished, on_signal.ckpt written (EX_TEMPFAIL)
+
+
+class SignalStop(Exception):
+    """A signal stopped the fit at a boundary, after `path` was written."""
+
+    def __init__(self, signum: int, path: Any) -> None:
+        self.signum, self.path = signum, path
+        self.name = signal.Signals(signum).name
+        super().__init__(f"stopped by {self.name}; checkpoint {path}")
 
 # attach_callbacks(bus, callbacks, trainer, module) -> (subscriptions, handler objects attached with bus.attach)
 AttachFn = Callable[[Bus, list, Any, Any], "tuple[list[Subscription], list[object]]"]
@@ -98,6 +113,7 @@ class RunContext:
         self.epoch_rng: dict[str, Any] | None = None  # RNG states just before this epoch's iter(train loader)
         self.resume_from: dict[str, Any] | None = None  # the checkpoint `fit(ckpt_path=...)` resumes from
         self.resume_source: str | None = None  # and its path, for messages
+        self.stop_signal: int | None = None  # SIGTERM/SIGINT received during fit, acted on at the next boundary
 
     # -- the RunView events carry -------------------------------------------------------------------------------------
     def now(self) -> Timestamp:
@@ -228,17 +244,33 @@ class RunContext:
         if profiler is not None:
             profiler.attach(self.trainer)
         self._watch_transitions()
+        previous = self._install_signal_handlers() if fn == "fit" else None
         try:
             with anomaly:
                 out = body()
             status.status = "finished"
             self.finalize_loggers("success")
             return out
+        except KeyboardInterrupt as exc:  # Ctrl-C (a second one during fit) or raised by user code
+            status.status = "interrupted"
+            if self.strategy.is_global_zero:
+                print("\nDetected KeyboardInterrupt, attempting graceful shutdown ...", file=sys.stderr)
+            self._on_exception(exc)
+            raise SystemExit(EXIT_INTERRUPTED) from None
+        except SignalStop as exc:  # SIGTERM / first SIGINT: the step finished and on_signal.ckpt is written
+            status.status = "interrupted"
+            self._on_exception(exc)
+            if self.strategy.is_global_zero:
+                print(f"\nstopped by {exc.name} after a checkpoint: {exc.path} (resume with "
+                      "trainer.fit(..., ckpt_path='last'))", file=sys.stderr)
+            raise SystemExit(EXIT_SIGNAL_CHECKPOINTED) from None
         except BaseException as exc:
             status.status = "interrupted"
             self._on_exception(exc)
             raise
         finally:
+            if previous is not None:
+                self._restore_signal_handlers(previous)
             if profiler is not None:
                 profiler.detach(self.trainer)
                 if self.strategy.is_global_zero:
@@ -250,6 +282,37 @@ class RunContext:
             self.results = None
             status.stage = None
             self.sanity_checking = False
+
+    # -- signals ------------------------------------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict[int, Any] | None:
+        """During fit only (never at import): SIGTERM and the first SIGINT ask the fit to stop at its next boundary
+        with a checkpoint; a second SIGINT raises KeyboardInterrupt at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        self.stop_signal = None
+        previous = {}
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._on_signal)
+        return previous
+
+    def _restore_signal_handlers(self, previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        self.stop_signal = None
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.stop_signal = signum  # not a control stop request: the checkpoint must not carry it into the resume
+
+    def signal_checkpoint_path(self) -> Any:
+        from pathlib import Path
+
+        handlers = self.checkpoint_handlers()
+        folder = handlers[0].dirpath if handlers and handlers[0].dirpath else (
+            Path(self.settings.default_root_dir) / "checkpoints")
+        return Path(folder) / "on_signal.ckpt"
 
     def _watch_transitions(self) -> None:
         """StateChanged costs nothing unless someone listens (decided when the run starts)."""
@@ -396,6 +459,9 @@ class RunContext:
         try:
             for write in writes:
                 write()
+            if self.stop_signal is not None:
+                path = self.save_checkpoint(self.signal_checkpoint_path())
+                raise SignalStop(self.stop_signal, path)
         finally:
             self.boundary = None
 
@@ -416,9 +482,16 @@ class RunContext:
 
         ckpt = checkpoint.build(self, weights_only=weights_only)
         if not weights_only:
-            hs = self.bus.table.get(ev.SaveCheckpoint)
-            if hs:
-                self.bus.call(hs, ev.SaveCheckpoint(self, self.progress.timestamp(), ckpt))
+            outside_run = not (self.run_subs or self.run_handlers)
+            if outside_run:  # after a fit: the callbacks still add to the checkpoint, as in Lightning
+                self.attach_run_handlers()
+            try:
+                hs = self.bus.table.get(ev.SaveCheckpoint)
+                if hs:
+                    self.bus.call(hs, ev.SaveCheckpoint(self, self.progress.timestamp(), ckpt))
+            finally:
+                if outside_run:
+                    self.detach_run_handlers()
         self.call_module("on_save_checkpoint", ckpt)
         return checkpoint.save(ckpt, path)
 
@@ -446,9 +519,11 @@ class RunContext:
         if ckpt_path == "last":
             found = [Path(h.last_model_path) for h in handlers if getattr(h, "last_model_path", "")]
             found.extend(Path(h.ckpt_path) for h in handlers if isinstance(getattr(h, "ckpt_path", None), str))
-            for h in handlers:
-                if h.dirpath and os.path.isdir(h.dirpath):
-                    found.extend(Path(h.dirpath).glob("last*.ckpt"))
+            folders = [h.dirpath for h in handlers if h.dirpath] + [self.signal_checkpoint_path().parent]
+            for folder in folders:
+                if os.path.isdir(folder):
+                    found.extend(Path(folder).glob("last*.ckpt"))
+                    found.extend(Path(folder).glob("on_signal.ckpt"))
             found = [f for f in found if f.is_file()]
             if not found:
                 self.warn_once(f"no_last_{fn}", f"trainer.{fn}(ckpt_path='last'): no last checkpoint found; "

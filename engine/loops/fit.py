@@ -308,8 +308,9 @@ class FitLoop:
             nxt = "epoch_end" if self.done(mid_epoch=True) else "batch"
         else:
             nxt = "batch"
-        if self.run.boundary_writes:
-            self.run.reach_boundary(nxt, epoch_done=False)
+        run = self.run
+        if run.boundary_writes or run.stop_signal is not None:
+            run.reach_boundary(nxt, epoch_done=False)
         return nxt
 
     # -- the phases of a fit ----------------------------------------------------------------------------------------
@@ -560,7 +561,7 @@ def epoch_end(loop: FitLoop) -> str:
     """EpochEnded (after its validation), epoch metrics, EpochCompleted; then the next epoch or teardown."""
     loop.end_epoch()
     nxt = "teardown" if loop.done(mid_epoch=False) else "epoch_start"
-    if loop.run.boundary_writes:
+    if loop.run.boundary_writes or loop.run.stop_signal is not None:
         loop.run.reach_boundary(nxt, epoch_done=True)
     return nxt
 

@@ -24,6 +24,7 @@ from engine.callbacks import ModelCheckpoint
 from engine.errors import CheckpointError
 
 N, BATCH = 40, 4  # 10 batches per epoch
+WORKERS = 0
 
 
 class Net(pl.LightningModule):
@@ -50,8 +51,8 @@ class Net(pl.LightningModule):
 def data() -> tuple[DataLoader, DataLoader]:
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(N, 4, generator=g), torch.randn(N, 1, generator=g)
-    return DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True), DataLoader(TensorDataset(x, y),
-                                                                                     batch_size=8)
+    train = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True, num_workers=WORKERS)
+    return train, DataLoader(TensorDataset(x, y), batch_size=8)
 
 
 class Crash(pl.Callback):
@@ -102,6 +103,13 @@ def test_resume_is_bit_exact(tmp_path: Path, at: int) -> None:
     got, resumed = interrupted_then_resumed(tmp_path / "run", at)
     assert_same(ref, got)
     assert (resumed.current_epoch, resumed.global_step) == (3, 30)
+
+
+@pytest.mark.slow
+def test_resume_with_worker_processes_is_bit_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "WORKERS", 2)
+    assert_same(reference(tmp_path / "ref", max_epochs=2), interrupted_then_resumed(tmp_path / "run", 13,
+                                                                                    max_epochs=2)[0])
 
 
 @settings(max_examples=6, deadline=None)

@@ -81,6 +81,7 @@ def restore_training(loop: "FitLoop", ckpt: dict[str, Any]) -> str:
         run.warn_once("resume_inexact", "this checkpoint was written outside a batch or epoch boundary (e.g. by "
                       "trainer.save_checkpoint in a hook): the fit resumes at the next batch, but not necessarily "
                       "bit-identical to the interrupted run")
+    _check_epochs(run, ckpt)
     p.sanity_done = True
     p.train_started = False
     nxt = resume["next"]
@@ -118,9 +119,22 @@ def _restore_lightning(loop: "FitLoop", ckpt: dict[str, Any]) -> str:
     if in_epoch and not _get(fit, "epoch_loop.batch_progress", "is_last_batch"):
         loop.run.warn_once("resume_lightning_mid_epoch", f"this Lightning checkpoint was written after batch "
                            f"{in_epoch} of epoch {p.epoch}; statetrain resumes it at the start of that epoch")
+    _check_epochs(loop.run, ckpt)
     p.sanity_done = True
     p.train_started = False
     return "epoch_start"
+
+
+def _check_epochs(run: "RunContext", ckpt: dict[str, Any]) -> None:
+    """Lightning refuses to resume past max_epochs (equal is fine: the fit ends at once)."""
+    from engine.errors import MisconfigurationException
+
+    s, epoch = run.settings, run.progress.epoch
+    if s.max_epochs != -1 and epoch > s.max_epochs:
+        raise MisconfigurationException(
+            f"You restored a checkpoint with current_epoch={epoch}, but you have set Trainer(max_epochs="
+            f"{s.max_epochs}); raise max_epochs to train further, or load only the weights with "
+            "Model.load_from_checkpoint")
 
 
 def _get(tree: dict[str, Any], *keys: str) -> Any:

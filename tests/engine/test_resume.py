@@ -194,3 +194,12 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming mid-epoch: epoch 1, after batch 7" in resumed.stderr + resumed.stdout
     assert_same(torch.load(tmp_path / "ref" / "final.pt"), torch.load(tmp_path / "run" / "final.pt"))
+
+
+def test_resuming_past_max_epochs_is_refused(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    done = trainer(tmp_path, max_epochs=2)
+    done.fit(Net(), *data())
+    done.save_checkpoint(tmp_path / "end.ckpt")  # after the fit: 2 epochs completed
+    with pytest.raises(pl.MisconfigurationException, match=r"current_epoch=2, but you have set Trainer\(max_epochs=1\)"):
+        trainer(tmp_path / "b", max_epochs=1).fit(Net(), *data(), ckpt_path=str(tmp_path / "end.ckpt"))

@@ -266,6 +266,9 @@ def build(run: "RunContext", weights_only: bool = False) -> dict[str, Any]:
     if module.hparams:
         ckpt["hyper_parameters"] = plain_hparams(module.hparams, name)
         ckpt["hparams_name"] = module.hparams_name
+    if not weights_only:  # Lightning's order: the handlers' states, then the datamodule's
+        ckpt["callbacks"] = handler_states(run)
+        ckpt.update(run.pipeline.state_dict())
     dm = run.datamodule
     if dm is not None:
         if dm.hparams:
@@ -278,8 +281,6 @@ def build(run: "RunContext", weights_only: bool = False) -> dict[str, Any]:
                               "timestamp": list(p.timestamp()), "run": run.state_dict(), "rng": rng_state(),
                               "weights_only": weights_only}
     if not weights_only:
-        ckpt["callbacks"] = handler_states(run)
-        ckpt.update(run.pipeline.state_dict())
         engine["data"] = run.data_position()
         engine["strategy"] = run.strategy.state_dict()
     ckpt["engine"] = engine

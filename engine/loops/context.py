@@ -470,7 +470,8 @@ class RunContext:
         (the next batch, the epoch's end, or the next epoch)."""
         if self.boundary is not None:
             nxt, done = self.boundary
-            return {"next": nxt, "epoch_done": done, "exact": True}
+            # "training is over" is decided again on resume (max_epochs may have grown): go to the next epoch's start
+            return {"next": "epoch_start" if nxt == "teardown" else nxt, "epoch_done": done, "exact": True}
         p = self.progress
         if p.batch_idx == 0:
             return {"next": "epoch_start", "epoch_done": p.epoch > 0, "exact": self.status.status != "running"}

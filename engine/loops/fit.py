@@ -487,7 +487,7 @@ def setup(loop: FitLoop) -> str:
     """Module and optimizers ready, FitStarted fired; sanity check next if validation is on. Resuming from a
     checkpoint, the run state is restored and the fit goes on at the state the checkpoint names."""
     loop.setup_fit()
-    if loop.resume_next is not None:
+    if loop.resume_next is not None and loop.resume_next != "epoch_start":  # mid-epoch: no sanity check
         return loop.resume_next
     s = loop.run.settings
     if policy.should_sanity_check(loop.run.val_on, s):

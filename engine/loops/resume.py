@@ -82,9 +82,9 @@ def restore_training(loop: "FitLoop", ckpt: dict[str, Any]) -> str:
                       "trainer.save_checkpoint in a hook): the fit resumes at the next batch, but not necessarily "
                       "bit-identical to the interrupted run")
     _check_epochs(run, ckpt)
-    p.sanity_done = True
-    p.train_started = False
     nxt = resume["next"]
+    p.sanity_done = nxt != "epoch_start"  # Lightning runs the sanity check again unless it resumes mid-epoch
+    p.train_started = False
     if nxt not in RESUME_STATES:
         raise CheckpointError(f"checkpoint resumes at state {nxt!r}, which is not one of {RESUME_STATES}")
     if nxt in ("batch", "epoch_end"):
@@ -120,7 +120,7 @@ def _restore_lightning(loop: "FitLoop", ckpt: dict[str, Any]) -> str:
         loop.run.warn_once("resume_lightning_mid_epoch", f"this Lightning checkpoint was written after batch "
                            f"{in_epoch} of epoch {p.epoch}; statetrain resumes it at the start of that epoch")
     _check_epochs(loop.run, ckpt)
-    p.sanity_done = True
+    p.sanity_done = False
     p.train_started = False
     return "epoch_start"
 

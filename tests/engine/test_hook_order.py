@@ -10,6 +10,11 @@ recorded *after* it returns (post-order), so a nested call appears before its ca
 Each call is ``(name, args, kwargs)`` with values summarised: the trainer is ``T``, the model is ``M``, a tensor is
 ``"tensor<shape>"``, a ``torch.device`` is ``"device(cpu)"``, optimizers (plain or wrapped), schedulers and closures
 are placeholders, and ints, strings (a str-valued enum as its value) and None are kept. Positional and keyword arguments are kept apart because users may rename positional parameters.
+The checkpoint dict passed to ``on_save_checkpoint``/``on_load_checkpoint`` is ``"<checkpoint>"``: statetrain writes its
+own checkpoint format, so only where the hooks are called is compared, not what the checkpoint holds.
+
+A LightningDataModule's methods are recorded post-order too, as ``DataModule.<name>``; the callback's
+``state_dict``/``load_state_dict`` as ``Callback.<name>``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -36,6 +42,10 @@ OPT = "<optimizer>"
 SCHED = "<scheduler>"
 CLOSURE = "<callable>"
 CPU = "device(cpu)"
+CKPT = "<checkpoint>"
+# What the hooked callback's and datamodule's `state_dict()` return: non-empty, so that they are saved and loaded back.
+CALLBACK_STATE = {"callback_state": 1}
+DATAMODULE_STATE = {"datamodule_state": 2}
 
 Call = tuple[str, tuple[Any, ...], dict[str, Any]]
 
@@ -50,6 +60,7 @@ CALLBACK_HOOKS = (
     "on_predict_start", "on_predict_end", "on_predict_epoch_start", "on_predict_epoch_end",
     "on_predict_batch_start", "on_predict_batch_end",
     "on_before_zero_grad", "on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_exception",
+    "on_save_checkpoint", "on_load_checkpoint",
 )  # fmt: skip
 
 MODULE_HOOKS = (
@@ -68,7 +79,16 @@ MODULE_HOOKS = (
     "forward", "training_step", "validation_step", "test_step", "predict_step",
     "optimizer_step", "optimizer_zero_grad", "lr_scheduler_step", "backward", "manual_backward",
     "configure_gradient_clipping", "clip_gradients", "toggle_optimizer", "untoggle_optimizer", "zero_grad", "train",
+    "on_save_checkpoint", "on_load_checkpoint",
 )  # fmt: skip
+
+DATAMODULE_HOOKS = (
+    "prepare_data", "setup", "teardown", "train_dataloader", "val_dataloader", "test_dataloader", "predict_dataloader",
+    "state_dict", "load_state_dict",
+)  # fmt: skip
+
+# Hooks whose (dict) argument is the checkpoint; it is recorded as CKPT.
+CHECKPOINT_HOOKS = frozenset({"on_save_checkpoint", "on_load_checkpoint"})
 
 # Lightning calls these only when the user overrides them, so they are wrapped only when the model class does.
 CALLED_ONLY_IF_OVERRIDDEN = frozenset(
@@ -90,6 +110,9 @@ class Recorder:
 
     def record(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Append one call with every argument replaced by a comparable summary."""
+        if name.rpartition(".")[2] in CHECKPOINT_HOOKS:
+            args = tuple(CKPT if isinstance(a, dict) else a for a in args)
+            kwargs = {k: CKPT if isinstance(v, dict) else v for k, v in kwargs.items()}
         summary = tuple(self.summarize(a) for a in args)
         self.calls.append((name, summary, {k: self.summarize(v) for k, v in kwargs.items()}))
 
@@ -125,6 +148,13 @@ class HookedCallback(pl.Callback):
 
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
+
+    def state_dict(self) -> dict[str, Any]:
+        self.recorder.record("Callback.state_dict", (), {})
+        return dict(CALLBACK_STATE)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self.recorder.record("Callback.load_state_dict", args, kwargs)
 
 
 def _callback_hook(name: str) -> Callable[..., None]:
@@ -242,9 +272,51 @@ def hooked(base: type[pl.LightningModule]) -> type[pl.LightningModule]:
     return type(f"Hooked{base.__name__}", (base,), namespace)
 
 
-def make_trainer(tmp_path: Path, callback: pl.Callback, batches: int = 2) -> pl.Trainer:
-    """The trainer configuration used for every golden run."""
-    return pl.Trainer(
+class TinyDataModule(pl.LightningDataModule):
+    """The model's data as a datamodule, with a non-empty ``state_dict()`` so the trainer saves and restores it."""
+
+    def prepare_data(self) -> None: ...
+
+    def setup(self, stage: str) -> None: ...
+
+    def teardown(self, stage: str) -> None: ...
+
+    def _loader(self) -> DataLoader:
+        return DataLoader(torch.randn(8, 4), batch_size=2)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(DATAMODULE_STATE)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+
+class HookedTinyDataModule(TinyDataModule):
+    """Records every method in DATAMODULE_HOOKS as ``DataModule.<name>`` after it returns (post-order)."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+
+
+for _name in DATAMODULE_HOOKS:
+    setattr(HookedTinyDataModule, _name, _recorded_method(f"DataModule.{_name}", getattr(TinyDataModule, _name)))
+
+
+def make_trainer(tmp_path: Path, callback: pl.Callback, batches: int = 2, **overrides: Any) -> pl.Trainer:
+    """The trainer configuration used for every golden run (``overrides`` replace its arguments)."""
+    config: dict[str, Any] = dict(
         default_root_dir=tmp_path,
         accelerator="cpu",
         devices=1,
@@ -259,6 +331,8 @@ def make_trainer(tmp_path: Path, callback: pl.Callback, batches: int = 2) -> pl.
         logger=False,
         callbacks=[callback],
     )
+    config.update(overrides)
+    return pl.Trainer(**config)
 
 
 def run(tmp_path: Path, base: type[pl.LightningModule], verb: str) -> list[Call]:
@@ -269,6 +343,21 @@ def run(tmp_path: Path, base: type[pl.LightningModule], verb: str) -> list[Call]
     getattr(trainer, verb)(model)
     assert model.training and model.layer.training, f"the model must be back in train mode after {verb}"
     return recorder.calls
+
+
+def fit_with_datamodule(tmp_path: Path, max_epochs: int = 1, ckpt_path: str | None = None) -> tuple[list[Call], str]:
+    """``trainer.fit(model, datamodule=dm, ckpt_path=...)`` with checkpointing on (the default ModelCheckpoint).
+
+    Returns the recorded calls and the path of the checkpoint the run wrote last (ModelCheckpoint's best model)."""
+    recorder = Recorder()
+    model = hooked(TinyModelWithModelTrain)(recorder)
+    datamodule = HookedTinyDataModule(recorder)
+    trainer = make_trainer(tmp_path, HookedCallback(recorder), enable_checkpointing=True, max_epochs=max_epochs)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    assert model.training and model.layer.training, "the model must be back in train mode after fit"
+    checkpoint = trainer.checkpoint_callback
+    assert checkpoint is not None and Path(checkpoint.best_model_path).is_file(), "fit must have saved a checkpoint"
+    return recorder.calls, checkpoint.best_model_path
 
 
 def assert_calls(actual: list[Call], expected: list[Call]) -> None:
@@ -738,3 +827,336 @@ def test_manual_optimization_fit_hook_order(tmp_path: Path) -> None:
     ]
     assert_calls(run(tmp_path, ManualTinyModel, "fit"), expected)
 
+
+def test_fit_with_checkpointing_hook_order(tmp_path: Path) -> None:
+    """``trainer.fit`` with a datamodule and the default ModelCheckpoint: the datamodule's hooks replace the module's
+    dataloader hooks, and at the end of the epoch the checkpoint is saved (callback ``state_dict``, datamodule
+    ``state_dict``, callback then module ``on_save_checkpoint``)."""
+    expected = [
+        # setup
+        C("configure_callbacks"),
+        C("DataModule.prepare_data"),
+        C("prepare_data"),
+        C("DataModule.setup", stage="fit"),
+        C("Callback.setup", T, M, stage="fit"),
+        C("setup", stage="fit"),
+        C("configure_model"),
+        C("configure_optimizers"),
+        C("Callback.on_fit_start", T, M),
+        C("on_fit_start"),
+        # start of the stage: the trainer zeroes the module's grads
+        C("zero_grad"),
+        # sanity check: 2 validation batches
+        C("Callback.on_sanity_check_start", T, M),
+        C("DataModule.val_dataloader"),
+        C("train", False),
+        C("on_validation_model_eval"),
+        C("Callback.on_validation_start", T, M),
+        C("on_validation_start"),
+        C("Callback.on_validation_epoch_start", T, M),
+        C("on_validation_epoch_start"),
+        # validation batch 0
+        C("on_before_batch_transfer", BATCH, 0),
+        C("transfer_batch_to_device", BATCH, CPU, 0),
+        C("on_after_batch_transfer", BATCH, 0),
+        C("Callback.on_validation_batch_start", T, M, BATCH, 0),
+        C("on_validation_batch_start", BATCH, 0),
+        C("forward", BATCH),
+        C("validation_step", BATCH, 0),
+        C("Callback.on_validation_batch_end", T, M, {"x": LOSS}, BATCH, 0),
+        C("on_validation_batch_end", {"x": LOSS}, BATCH, 0),
+        # validation batch 1
+        C("on_before_batch_transfer", BATCH, 0),
+        C("transfer_batch_to_device", BATCH, CPU, 0),
+        C("on_after_batch_transfer", BATCH, 0),
+        C("Callback.on_validation_batch_start", T, M, BATCH, 1),
+        C("on_validation_batch_start", BATCH, 1),
+        C("forward", BATCH),
+        C("validation_step", BATCH, 1),
+        C("Callback.on_validation_batch_end", T, M, {"x": LOSS}, BATCH, 1),
+        C("on_validation_batch_end", {"x": LOSS}, BATCH, 1),
+        C("Callback.on_validation_epoch_end", T, M),
+        C("on_validation_epoch_end"),
+        C("Callback.on_validation_end", T, M),
+        C("on_validation_end"),
+        C("train"),
+        C("on_validation_model_train"),
+        C("Callback.on_sanity_check_end", T, M),
+        # training epoch 0
+        C("DataModule.train_dataloader"),
+        C("Callback.on_train_start", T, M),
+        C("on_train_start"),
+        C("Callback.on_train_epoch_start", T, M),
+        C("on_train_epoch_start"),
+        # train batch 0
+        C("on_before_batch_transfer", BATCH, 0),
+        C("transfer_batch_to_device", BATCH, CPU, 0),
+        C("on_after_batch_transfer", BATCH, 0),
+        C("Callback.on_train_batch_start", T, M, BATCH, 0),
+        C("on_train_batch_start", BATCH, 0),
+        C("forward", BATCH),
+        C("training_step", BATCH, 0),
+        C("Callback.on_before_zero_grad", T, M, OPT),
+        C("on_before_zero_grad", OPT),
+        C("optimizer_zero_grad", 0, 0, OPT),
+        C("Callback.on_before_backward", T, M, LOSS),
+        C("on_before_backward", LOSS),
+        C("backward", LOSS),
+        C("Callback.on_after_backward", T, M),
+        C("on_after_backward"),
+        C("Callback.on_before_optimizer_step", T, M, OPT),
+        C("on_before_optimizer_step", OPT),
+        C("clip_gradients", OPT, gradient_clip_val=None, gradient_clip_algorithm=None),
+        C("configure_gradient_clipping", OPT, gradient_clip_val=None, gradient_clip_algorithm=None),
+        C("optimizer_step", 0, 0, OPT, CLOSURE),
+        C("Callback.on_train_batch_end", T, M, {"loss": LOSS}, BATCH, 0),
+        C("on_train_batch_end", {"loss": LOSS}, BATCH, 0),
+        # train batch 1
+        C("on_before_batch_transfer", BATCH, 0),
+        C("transfer_batch_to_device", BATCH, CPU, 0),
+        C("on_after_batch_transfer", BATCH, 0),
+        C("Callback.on_train_batch_start", T, M, BATCH, 1),
+        C("on_train_batch_start", BATCH, 1),
+        C("forward", BATCH),
+        C("training_step", BATCH, 1),
+        C("Callback.on_before_zero_grad", T, M, OPT),
+        C("on_before_zero_grad", OPT),
+        C("optimizer_zero_grad", 0, 1, OPT),
+        C("Callback.on_before_backward", T, M, LOSS),
+        C("on_before_backward", LOSS),
+        C("backward", LOSS),
+        C("Callback.on_after_backward", T, M),
+        C("on_after_backward"),
+        C("Callback.on_before_optimizer_step", T, M, OPT),
+        C("on_before_optimizer_step", OPT),
+        C("clip_gradients", OPT, gradient_clip_val=None, gradient_clip_algorithm=None),
+        C("configure_gradient_clipping", OPT, gradient_clip_val=None, gradient_clip_algorithm=None),
+        C("optimizer_step", 0, 1, OPT, CLOSURE),
+        C("lr_scheduler_step", SCHED, None),
+        C("Callback.on_train_batch_end", T, M, {"loss": LOSS}, BATCH, 1),
+        C("on_train_batch_end", {"loss": LOSS}, BATCH, 1),
+        # validation at the end of the training epoch
+        C("zero_grad"),
+        C("on_validation_model_zero_grad"),
+        C("train", False),
+        C("on_validation_model_eval"),
+        C("Callback.on_validation_start", T, M),
+        C("on_validation_start"),
+        C("Callback.on_validation_epoch_start", T, M),
+        C("on_validation_epoch_start"),
+        # validation batch 0
+        C("on_before_batch_transfer", BATCH, 0),
+        C("transfer_batch_to_device", BATCH, CPU, 0),
+        C("on_after_batch_transfer", BATCH, 0),
+        C("Callback.on_validation_batch_start", T, M, BATCH, 0),
+        C("on_validation_batch_start", BATCH, 0),
+        C("forward", BATCH),
+        C("validation_step", BATCH, 0),
+        C("Callback.on_validation_batch_end", T, M, {"x": LOSS}, BATCH, 0),
+        C("on_validation_batch_end", {"x": LOSS}, BATCH, 0),
+        # validation batch 1
+        C("on_before_batch_transfer", BATCH, 0),
+        C("transfer_batch_to_device", BATCH, CPU, 0),
+        C("on_after_batch_transfer", BATCH, 0),
+        C("Callback.on_validation_batch_start", T, M, BATCH, 1),
+        C("on_validation_batch_start", BATCH, 1),
+        C("forward", BATCH),
+        C("validation_step", BATCH, 1),
+        C("Callback.on_validation_batch_end", T, M, {"x": LOSS}, BATCH, 1),
+        C("on_validation_batch_end", {"x": LOSS}, BATCH, 1),
+        C("Callback.on_validation_epoch_end", T, M),
+        C("on_validation_epoch_end"),
+        C("Callback.on_validation_end", T, M),
+        C("on_validation_end"),
+        C("train"),
+        C("on_validation_model_train"),
+        # end of the epoch
+        C("Callback.on_train_epoch_end", T, M),
+        C("on_train_epoch_end"),
+        # ModelCheckpoint (a monitoring callback: after the module's on_train_epoch_end) saves the checkpoint
+        C("Callback.state_dict"),
+        C("DataModule.state_dict"),
+        C("Callback.on_save_checkpoint", T, M, CKPT),
+        C("on_save_checkpoint", CKPT),
+        # end of fit
+        C("Callback.on_train_end", T, M),
+        C("on_train_end"),
+        C("Callback.on_fit_end", T, M),
+        C("on_fit_end"),
+        # teardown
+        C("DataModule.teardown", stage="fit"),
+        C("Callback.teardown", T, M, stage="fit"),
+        C("teardown", stage="fit"),
+    ]
+    calls, _ = fit_with_datamodule(tmp_path)
+    assert_calls(calls, expected)
+
+
+def test_fit_resume_hook_order(tmp_path: Path) -> None:
+    """``trainer.fit(ckpt_path=...)`` resuming a finished 1-epoch fit for a second epoch: after setup and
+    configure_model the module's ``on_load_checkpoint``, the datamodule's ``load_state_dict``, the callbacks'
+    ``on_load_checkpoint`` and ``load_state_dict``; then the fit continues from epoch 1 (with a sanity check)."""
+    _, first = fit_with_datamodule(tmp_path, max_epochs=1)  # not recorded: writes the checkpoint to resume from
+    expected = [
+        # setup
+        C("configure_callbacks"),
+        C("DataModule.prepare_data"),
+        C("prepare_data"),
+        C("DataModule.setup", stage="fit"),
+        C("Callback.setup", T, M, stage="fit"),
+        C("setup", stage="fit"),
+        C("configure_model"),
+        # restore from ckpt_path: after setup and configure_model, before configure_optimizers
+        C("on_load_checkpoint", CKPT),
+        C("DataModule.load_state_dict", {"datamodule_state": 2}),
+        C("Callback.on_load_checkpoint", T, M, CKPT),
+        C("Callback.load_state_dict", {"callback_state": 1}),
+        C("configure_optimizers"),
+        C("Callback.on_fit_start", T, M),
+        C("on_fit_start"),
+        # start of the stage: the trainer zeroes the module's grads
+        C("zero_grad"),
+        # sanity check: 2 validation batches
+        C("Callback.on_sanity_check_start", T, M),
+        C("DataModule.val_dataloader"),
+        C("train", False),
+        C("on_validation_model_eval"),
+        C("Callback.on_validation_start", T, M),
+        C("on_validation_start"),
+        C("Callback.on_validation_epoch_start", T, M),
+        C("on_validation_epoch_start"),
+        # validation batch 0
+        C("on_before_batch_transfer", BATCH, 0),
+        C("transfer_batch_to_device", BATCH, CPU, 0),
+        C("on_after_batch_transfer", BATCH, 0),
+        C("Callback.on_validation_batch_start", T, M, BATCH, 0),
+        C("on_validation_batch_start", BATCH, 0),
+        C("forward", BATCH),
+        C("validation_step", BATCH, 0),
+        C("Callback.on_validation_batch_end", T, M, {"x": LOSS}, BATCH, 0),
+        C("on_validation_batch_end", {"x": LOSS}, BATCH, 0),
+        # validation batch 1
+        C("on_before_batch_transfer", BATCH, 0),
+        C("transfer_batch_to_device", BATCH, CPU, 0),
+        C("on_after_batch_transfer", BATCH, 0),
+        C("Callback.on_validation_batch_start", T, M, BATCH, 1),
+        C("on_validation_batch_start", BATCH, 1),
+        C("forward", BATCH),
+        C("validation_step", BATCH, 1),
+        C("Callback.on_validation_batch_end", T, M, {"x": LOSS}, BATCH, 1),
+        C("on_validation_batch_end", {"x": LOSS}, BATCH, 1),
+        C("Callback.on_validation_epoch_end", T, M),
+        C("on_validation_epoch_end"),
+        C("Callback.on_validation_end", T, M),
+        C("on_validation_end"),
+        C("train"),
+        C("on_validation_model_train"),
+        C("Callback.on_sanity_check_end", T, M),
+        # training epoch 1
+        C("DataModule.train_dataloader"),
+        C("Callback.on_train_start", T, M),
+        C("on_train_start"),
+        C("Callback.on_train_epoch_start", T, M),
+        C("on_train_epoch_start"),
+        # train batch 0
+        C("on_before_batch_transfer", BATCH, 0),
+        C("transfer_batch_to_device", BATCH, CPU, 0),
+        C("on_after_batch_transfer", BATCH, 0),
+        C("Callback.on_train_batch_start", T, M, BATCH, 0),
+        C("on_train_batch_start", BATCH, 0),
+        C("forward", BATCH),
+        C("training_step", BATCH, 0),
+        C("Callback.on_before_zero_grad", T, M, OPT),
+        C("on_before_zero_grad", OPT),
+        C("optimizer_zero_grad", 1, 0, OPT),
+        C("Callback.on_before_backward", T, M, LOSS),
+        C("on_before_backward", LOSS),
+        C("backward", LOSS),
+        C("Callback.on_after_backward", T, M),
+        C("on_after_backward"),
+        C("Callback.on_before_optimizer_step", T, M, OPT),
+        C("on_before_optimizer_step", OPT),
+        C("clip_gradients", OPT, gradient_clip_val=None, gradient_clip_algorithm=None),
+        C("configure_gradient_clipping", OPT, gradient_clip_val=None, gradient_clip_algorithm=None),
+        C("optimizer_step", 1, 0, OPT, CLOSURE),
+        C("Callback.on_train_batch_end", T, M, {"loss": LOSS}, BATCH, 0),
+        C("on_train_batch_end", {"loss": LOSS}, BATCH, 0),
+        # train batch 1
+        C("on_before_batch_transfer", BATCH, 0),
+        C("transfer_batch_to_device", BATCH, CPU, 0),
+        C("on_after_batch_transfer", BATCH, 0),
+        C("Callback.on_train_batch_start", T, M, BATCH, 1),
+        C("on_train_batch_start", BATCH, 1),
+        C("forward", BATCH),
+        C("training_step", BATCH, 1),
+        C("Callback.on_before_zero_grad", T, M, OPT),
+        C("on_before_zero_grad", OPT),
+        C("optimizer_zero_grad", 1, 1, OPT),
+        C("Callback.on_before_backward", T, M, LOSS),
+        C("on_before_backward", LOSS),
+        C("backward", LOSS),
+        C("Callback.on_after_backward", T, M),
+        C("on_after_backward"),
+        C("Callback.on_before_optimizer_step", T, M, OPT),
+        C("on_before_optimizer_step", OPT),
+        C("clip_gradients", OPT, gradient_clip_val=None, gradient_clip_algorithm=None),
+        C("configure_gradient_clipping", OPT, gradient_clip_val=None, gradient_clip_algorithm=None),
+        C("optimizer_step", 1, 1, OPT, CLOSURE),
+        C("lr_scheduler_step", SCHED, None),
+        C("Callback.on_train_batch_end", T, M, {"loss": LOSS}, BATCH, 1),
+        C("on_train_batch_end", {"loss": LOSS}, BATCH, 1),
+        # validation at the end of the training epoch
+        C("zero_grad"),
+        C("on_validation_model_zero_grad"),
+        C("train", False),
+        C("on_validation_model_eval"),
+        C("Callback.on_validation_start", T, M),
+        C("on_validation_start"),
+        C("Callback.on_validation_epoch_start", T, M),
+        C("on_validation_epoch_start"),
+        # validation batch 0
+        C("on_before_batch_transfer", BATCH, 0),
+        C("transfer_batch_to_device", BATCH, CPU, 0),
+        C("on_after_batch_transfer", BATCH, 0),
+        C("Callback.on_validation_batch_start", T, M, BATCH, 0),
+        C("on_validation_batch_start", BATCH, 0),
+        C("forward", BATCH),
+        C("validation_step", BATCH, 0),
+        C("Callback.on_validation_batch_end", T, M, {"x": LOSS}, BATCH, 0),
+        C("on_validation_batch_end", {"x": LOSS}, BATCH, 0),
+        # validation batch 1
+        C("on_before_batch_transfer", BATCH, 0),
+        C("transfer_batch_to_device", BATCH, CPU, 0),
+        C("on_after_batch_transfer", BATCH, 0),
+        C("Callback.on_validation_batch_start", T, M, BATCH, 1),
+        C("on_validation_batch_start", BATCH, 1),
+        C("forward", BATCH),
+        C("validation_step", BATCH, 1),
+        C("Callback.on_validation_batch_end", T, M, {"x": LOSS}, BATCH, 1),
+        C("on_validation_batch_end", {"x": LOSS}, BATCH, 1),
+        C("Callback.on_validation_epoch_end", T, M),
+        C("on_validation_epoch_end"),
+        C("Callback.on_validation_end", T, M),
+        C("on_validation_end"),
+        C("train"),
+        C("on_validation_model_train"),
+        # end of the epoch
+        C("Callback.on_train_epoch_end", T, M),
+        C("on_train_epoch_end"),
+        # ModelCheckpoint (a monitoring callback: after the module's on_train_epoch_end) saves the checkpoint
+        C("Callback.state_dict"),
+        C("DataModule.state_dict"),
+        C("Callback.on_save_checkpoint", T, M, CKPT),
+        C("on_save_checkpoint", CKPT),
+        # end of fit
+        C("Callback.on_train_end", T, M),
+        C("on_train_end"),
+        C("Callback.on_fit_end", T, M),
+        C("on_fit_end"),
+        # teardown
+        C("DataModule.teardown", stage="fit"),
+        C("Callback.teardown", T, M, stage="fit"),
+        C("teardown", stage="fit"),
+    ]
+    calls, _ = fit_with_datamodule(tmp_path, max_epochs=2, ckpt_path=first)
+    assert_calls(calls, expected)

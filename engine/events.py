@@ -372,6 +372,7 @@ class BatchCompleted(Event):
     schedulers and after-batch checkpoints go here. `batch_idx` is the batch's index in the epoch."""
 
     batch_idx: int
+    stepped: bool = True  # False for a micro-batch that only accumulated gradients
 
 
 @_ev

@@ -9,7 +9,7 @@ The fit machine (`engine.loops.fit.build_fit_machine`):
     setup          -> epoch_start | validation (sanity check) | teardown | batch | epoch_end (resume)
     epoch_start    -> batch | epoch_end | teardown
     batch          -> backward | batch | validation | epoch_end | teardown
-    backward       -> optimizer_step | batch
+    backward       -> optimizer_step | batch | validation | epoch_end (accumulating: no step)
     optimizer_step -> batch | validation | epoch_end | teardown
     validation     -> batch | epoch_end | epoch_start | teardown
     epoch_end      -> epoch_start | teardown

@@ -283,6 +283,9 @@ class LightningModule(HyperparametersMixin, nn.Module):
             raise TypeError(f"clip_gradients: gradient_clip_val must be an int or float, got {gradient_clip_val!r}")
         if gradient_clip_val <= 0:
             return
+        if self._trainer is not None:  # the run's clip phase (hooks/grad_clip.py provides it)
+            self._trainer.context.pipeline.clip(optimizer, gradient_clip_val, algo)
+            return
         params = [p for g in optimizer.param_groups for p in g["params"]]
         if algo == "norm":
             torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)

@@ -33,6 +33,7 @@ from engine.module import LightningModule
 from engine.state import RunStatus, Stage, Timestamp
 from engine.utilities.rank_zero import rank_zero_only
 from hooks.callback import Callback, attach_run
+from hooks.grad_clip import clipping_for
 from hooks.lr_scheduler import lr_stepper_for
 from strategies.accelerator import select_strategy
 
@@ -81,7 +82,7 @@ class Trainer:
         self.profiler: Any = _build_profiler(s.profiler)
         self._rc = RunContext(self, self.config, s, self.strategy, self.bus, build_fit_machine(),
                               build_eval_machine(), callbacks, _build_loggers(s), attach_callbacks=attach_run,
-                              fit_handlers=[lr_stepper_for])
+                              fit_handlers=[lr_stepper_for, clipping_for])
 
     # -- the run context and what the Trainer assembled -------------------------------------------------------------
     @property
@@ -373,7 +374,11 @@ class Trainer:
     check_val_every_n_epoch = _setting("check_val_every_n_epoch")
     num_sanity_val_steps = _setting("num_sanity_val_steps")
     log_every_n_steps = _setting("log_every_n_steps")
-    accumulate_grad_batches = _setting("accumulate_grad_batches")
+    @property
+    def accumulate_grad_batches(self) -> int:
+        """Micro-batches per optimizer step now (a GradientAccumulationScheduler changes it by epoch)."""
+        return self._rc.pipeline.context.accumulate
+
     gradient_clip_val = _setting("gradient_clip_val")
     precision = _setting("precision")
     reload_dataloaders_every_n_epochs = _setting("reload_dataloaders_every_n_epochs")

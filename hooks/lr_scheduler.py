@@ -50,6 +50,8 @@ class LRSchedulerStepper:
                     self.call("lr_scheduler_step", c.scheduler, None)
 
     def on_batch_completed(self, event: "BatchCompleted") -> None:
+        if not event.stepped:  # accumulating: step-interval schedulers count optimizer steps
+            return
         for c in self.plateau_step:
             if (event.batch_idx + 1) % c.frequency == 0:
                 self._step_plateau(c, event.run.callback_metrics)

@@ -14,7 +14,7 @@ then the module's hook):
     batch:          [decision point batch_start] next(loader), transfer hooks, BatchStarted, training_step
                                                                -> backward | batch | validation | epoch_end | teardown
     backward:       BeforeZeroGrad, optimizer_zero_grad, BeforeBackward, backward, AfterBackward
-                                                               -> optimizer_step (step due) | batch
+                                          -> optimizer_step (step due) | batch | validation | epoch_end
     optimizer_step: optimizer_step(closure -> BeforeOptimizerStep, configure_gradient_clipping), OptimizerStepped,
                     then the batch's end: counters advanced, BatchEnded, step metrics, [decision point batch_end]
                                                                -> batch | validation | epoch_end
@@ -273,7 +273,8 @@ class FitLoop:
         results = run.train_results
         # Readers of callback/progress-bar metrics see the running values live (LoggedMetrics reads the attached
         # collection); they are merged for good only when written, before validation and at the epoch's end.
-        if run.loggers and policy.should_update_logs(p, run.settings, run.control.stop_requested):
+        stepped = self.pipeline.context.will_step
+        if stepped and run.loggers and policy.should_update_logs(p, run.settings, run.control.stop_requested):
             out = run.metrics.update_step(results, write_logs=True)
             if out:
                 run.log_metrics(out)
@@ -294,10 +295,12 @@ class FitLoop:
     def batch_completed(self) -> None:
         """The batch is over, with any validation it triggered: BatchCompleted, then count it."""
         run, p = self.run, self.progress
+        stepped = self.pipeline.context.will_step
         hs = run.bus.table.get(ev.BatchCompleted)
         if hs:
-            run.bus.call(hs, ev.BatchCompleted(run, p.timestamp(), p.batch_idx - 1))
-        p.batches_stepped += 1
+            run.bus.call(hs, ev.BatchCompleted(run, p.timestamp(), p.batch_idx - 1, stepped))
+        if stepped:  # the loggers' x-axis counts batches that stepped (Lightning's _batches_that_stepped)
+            p.batches_stepped += 1
 
     def after_batch(self) -> str:
         """Where to go once a batch (and any validation after it) is done; a boundary for checkpoints."""
@@ -515,6 +518,8 @@ def batch(loop: FitLoop) -> str:
         pipeline.end_micro_batch()
         return loop.finish_batch()
     loop.loss = loop.loss_of(loop.training_step())
+    if loop.loss is not None and pipeline.context.accumulate != 1:  # the mean over the accumulation window
+        loop.loss = loop.loss / pipeline.context.accumulate
     if loop.loss is None:  # training_step returned None: no backward, no step
         pipeline.end_micro_batch()
         return loop.finish_batch()
@@ -536,8 +541,7 @@ def backward(loop: FitLoop) -> str:
     pipeline.end_micro_batch()
     if pipeline.context.will_step:
         return "optimizer_step"
-    loop.finish_batch()  # an accumulating micro-batch: no step (policy.step_due); never the epoch's last batch
-    return "batch"
+    return loop.finish_batch()  # an accumulating micro-batch: no step (policy.step_due)
 
 
 def optimizer_step(loop: FitLoop) -> str:
@@ -578,7 +582,7 @@ def build_fit_machine() -> Machine:
     m.add_state("setup", setup, to={"epoch_start", "validation", "teardown", "batch", "epoch_end"})
     m.add_state("epoch_start", epoch_start, to={"batch", "epoch_end", "teardown"})
     m.add_state("batch", batch, to={"backward", "batch", "validation", "epoch_end", "teardown"})
-    m.add_state("backward", backward, to={"optimizer_step", "batch"})
+    m.add_state("backward", backward, to={"optimizer_step", "batch", "validation", "epoch_end"})
     m.add_state("optimizer_step", optimizer_step, to={"batch", "validation", "epoch_end", "teardown"})
     m.add_state("validation", validation, to={"batch", "epoch_end", "epoch_start", "teardown"})
     m.add_state("epoch_end", epoch_end, to={"epoch_start", "teardown"})

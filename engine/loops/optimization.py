@@ -98,6 +98,7 @@ class StepPipeline:
         self.lr_scheduler_configs: list[Any] = []
         self.optimizer: Any = None
         self.automatic = True
+        self.context.accumulate = run.settings.accumulate_grad_batches
         self.version = -1
         self.closure_calls = 0
         self.resolve_control: Callable | None = None
@@ -122,6 +123,11 @@ class StepPipeline:
         self.optimizer = self.optimizers[0] if self.optimizers else MockOptimizer()
         self.context.optimizer = self.optimizer
         self.context.accumulate = run.settings.accumulate_grad_batches
+        if not self.automatic and self.context.accumulate != 1:
+            raise MisconfigurationException(
+                f"Trainer(accumulate_grad_batches={self.context.accumulate}): automatic gradient accumulation is not "
+                f"supported for manual optimization ({type(module).__name__}.automatic_optimization is False); "
+                "accumulate in training_step yourself, stepping the optimizer every N batches")
         self.zero_grad_overridden = overridden(module, LightningModule, "optimizer_zero_grad") and bool(self.optimizers)
         self.step_overridden = overridden(module, LightningModule, "optimizer_step")
         # optimizers that re-evaluate the closure (LBFGS) must get it; the others may be stepped after it ran
@@ -171,11 +177,26 @@ class StepPipeline:
         # the plan: which phases can run as the plain torch calls
         self.plain_zero_grad = not self.before_zero_grad and not self.zero_grad_overridden
         self.plain_backward = not (self.before_backward or self.after_backward or self.wrap_backward)
-        self.before_step_needed = bool(self.before_optimizer_step or self.clip_on or self.provide_unscale
-                                       or self.provide_clip)
+        self.before_step_needed = bool(self.before_optimizer_step or self.clip_on or self.provide_unscale)
         self.direct_step = self.closure_free and self.provide_step is None and not self.step_overridden
         # whether anyone reads the phase context (else the loop skips updating it per micro-batch)
         self.context_used = bool(wrappers or providers or self.context.accumulate != 1)
+
+    def set_accumulation(self, n: int) -> None:
+        """Micro-batches per optimizer step from now on (GradientAccumulationScheduler calls it at epoch starts)."""
+        self.context.accumulate = int(n)
+        self.version = -1  # re-plan: whether the phase context is read depends on it
+
+    def clip(self, optimizer: Any, value: float | None, algorithm: str | None) -> None:
+        """The clip phase (what `LightningModule.clip_gradients` calls): the clip provider does it."""
+        if self.version != self.run.bus.version:
+            self.refresh()
+        if self.provide_clip is None:
+            raise MisconfigurationException(
+                "clip_gradients: no handler provides gradient clipping in this run (it is attached for fits that "
+                "clip: Trainer(gradient_clip_val=...), an overridden configure_gradient_clipping, or manual "
+                "optimization)")
+        self.provide_clip(optimizer, value, algorithm)
 
     def _module_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         self.run.call_module("backward", loss, *args, **kwargs)
@@ -271,16 +292,10 @@ class StepPipeline:
         hs = self.before_optimizer_step
         if hs:
             run.bus.call(hs, ev.BeforeOptimizerStep(run, run.progress.timestamp(), optimizer))
-        if self.clip_on:
-            s = run.settings
-            if self.clip_hook or self.provide_clip is None:
-                lopt = self.lightning_optimizers[0] if self.lightning_optimizers else optimizer
-                run.call_module("configure_gradient_clipping", lopt, gradient_clip_val=s.gradient_clip_val,
-                                gradient_clip_algorithm=run.config.gradient_clip_algorithm)
-            else:
-                self.provide_clip(optimizer, s.gradient_clip_val, run.config.gradient_clip_algorithm)
-        elif self.provide_clip is not None:
-            self.provide_clip(optimizer, None, None)
+        if self.clip_on:  # the module's hook; its default clip_gradients calls the clip provider (`clip`)
+            lopt = self.lightning_optimizers[0] if self.lightning_optimizers else optimizer
+            run.call_module("configure_gradient_clipping", lopt, gradient_clip_val=run.settings.gradient_clip_val,
+                            gradient_clip_algorithm=run.config.gradient_clip_algorithm)
 
     def closure(self) -> Tensor | None:
         """The optimizer closure: the first call returns the loss the batch/backward states computed; later calls

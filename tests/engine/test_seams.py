@@ -117,9 +117,9 @@ def test_unscale_runs_before_and_clip_after_before_optimizer_step(kit: Any) -> N
         def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
             order.append("on_before_optimizer_step")
 
-    trainer = kit.trainer(max_epochs=1, callbacks=[Precisionish(), Watch()], **QUIET)
+    trainer = kit.trainer(max_epochs=1, callbacks=[Precisionish(), Watch()], gradient_clip_val=0.5, **QUIET)
     trainer.fit(kit.Model(), kit.loader(2, batch_size=2))
-    assert order == ["unscale", "on_before_optimizer_step", "clip None None"]
+    assert order == ["unscale", "on_before_optimizer_step", "clip 0.5 norm"]
 
 
 def test_resolve_control_is_called_at_the_decision_points_and_can_stop(kit: Any) -> None:

@@ -78,6 +78,7 @@ class FitLoop:
         self.step_fn = self.module.training_step  # the strategy's wrapper once setup ran
         self.step_limit = policy.step_limit(run.settings)
         self.resume_next: str | None = None  # where setup sends a resumed fit
+        self.pending_grads: dict[str, Tensor] | None = None
         self._resume_rng: dict | None = None  # RNG states to restore right after the first resumed fetch
 
     # -- views of the progress ------------------------------------------------------------------------------------
@@ -342,6 +343,10 @@ class FitLoop:
             self.resume_next = restore_training(self, ckpt)
         run.log_hyperparams()
         run.call_module("zero_grad")
+        if self.pending_grads:
+            from engine.loops.resume import restore_grads
+
+            restore_grads(self)
 
     def done(self, mid_epoch: bool) -> bool:
         """max_steps, max_epochs (at epoch end), or an honoured stop request; tells the user why at epoch end."""
@@ -443,7 +448,8 @@ class FitLoop:
         """Validation inside the epoch: on_validation_model_zero_grad, the eval machine, then back to training."""
         run = self.run
         run.metrics.update_step(run.train_results, write_logs=False)  # keep the train step values visible
-        run.call_module("on_validation_model_zero_grad")
+        if self.pipeline.context.will_step:  # not inside an accumulation window: its gradients are kept (Lightning)
+            run.call_module("on_validation_model_zero_grad")
         run.status.stage = Stage.VALIDATE
         loaders = run.sources.load_val("validate")
         run.sources.num_val_batches = [num_batches(dl, run.settings.limit_val_batches, "val") for dl in loaders]

@@ -187,6 +187,12 @@ class StepPipeline:
         self.context.accumulate = int(n)
         self.version = -1  # re-plan: whether the phase context is read depends on it
 
+    def window_open(self) -> bool:
+        """Whether the fit stands inside an accumulation window (gradients summed, no step yet)."""
+        acc = self.context.accumulate
+        p = self.run.progress
+        return acc > 1 and p.batch_idx % acc != 0 and not p.is_last_batch
+
     def clip(self, optimizer: Any, value: float | None, algorithm: str | None) -> None:
         """The clip phase (what `LightningModule.clip_gradients` calls): the clip provider does it."""
         if self.version != self.run.bus.version:

@@ -75,6 +75,7 @@ def restore_training(loop: "FitLoop", ckpt: dict[str, Any]) -> str:
     if engine is None:
         return _restore_lightning(loop, ckpt)
     run.load_state_dict(engine["run"])
+    loop.pending_grads = engine.get("grads")  # inside an accumulation window: set after setup's zero_grad
     run.strategy.load_state_dict(engine.get("strategy") or {})
     resume = engine["resume"]
     if not resume.get("exact", False):
@@ -123,6 +124,15 @@ def _restore_lightning(loop: "FitLoop", ckpt: dict[str, Any]) -> str:
     p.sanity_done = False
     p.train_started = False
     return "epoch_start"
+
+
+def restore_grads(loop: "FitLoop") -> None:
+    """The gradients summed in an open accumulation window, back on the parameters."""
+    grads, loop.pending_grads = loop.pending_grads, None
+    if grads:
+        for name, param in loop.module.named_parameters():
+            if name in grads:
+                param.grad = grads[name].to(param.device)
 
 
 def _check_epochs(run: "RunContext", ckpt: dict[str, Any]) -> None:

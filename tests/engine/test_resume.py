@@ -58,11 +58,11 @@ def data() -> tuple[DataLoader, DataLoader]:
 class Crash(pl.Callback):
     """Stands in for a killed process: the fit dies when it reaches `at` optimizer steps."""
 
-    def __init__(self, at: int) -> None:
-        self.at = at
+    def __init__(self, at: int, by: str = "global_step") -> None:
+        self.at, self.by = at, by
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step == self.at:
+        if getattr(trainer.timestamp, self.by) == self.at:
             raise RuntimeError("simulated crash")
 
 
@@ -80,10 +80,11 @@ def reference(root: Path, **flags: Any) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def interrupted_then_resumed(root: Path, at: int, **flags: Any) -> tuple[dict[str, torch.Tensor], pl.Trainer]:
+def interrupted_then_resumed(root: Path, at: int, by: str = "global_step",
+                             **flags: Any) -> tuple[dict[str, torch.Tensor], pl.Trainer]:
     pl.seed_everything(123)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        trainer(root, Crash(at), **flags).fit(Net(), *data())
+        trainer(root, Crash(at, by), **flags).fit(Net(), *data())
     pl.seed_everything(999)  # the resumed process starts from another RNG state and another init
     model = Net(seed=5)
     resumed = trainer(root, **flags)
@@ -203,3 +204,32 @@ def test_resuming_past_max_epochs_is_refused(tmp_path: Path) -> None:
     done.save_checkpoint(tmp_path / "end.ckpt")  # after the fit: 2 epochs completed
     with pytest.raises(pl.MisconfigurationException, match=r"current_epoch=2, but you have set Trainer\(max_epochs=1\)"):
         trainer(tmp_path / "b", max_epochs=1).fit(Net(), *data(), ckpt_path=str(tmp_path / "end.ckpt"))
+
+
+@pytest.mark.parametrize("at", [5, 7, 11, 13])  # batches seen: inside a window, at its start, across an epoch
+def test_resume_with_accumulation_is_bit_exact(tmp_path: Path, at: int) -> None:
+    ref = reference(tmp_path / "ref", accumulate_grad_batches=3)
+    got, resumed = interrupted_then_resumed(tmp_path / "run", at, "batches_seen", accumulate_grad_batches=3)
+    assert_same(ref, got)
+    assert resumed.global_step == 3 * 4  # 10 batches per epoch: windows of 3, 3, 3 and a last one of 1
+
+
+class SaveEveryBatch(pl.Callback):
+    """A checkpoint at every batch boundary, accumulating micro-batches included."""
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        path = Path(trainer.default_root_dir) / "ckpt" / "every.ckpt"
+        trainer.context.at_boundary(lambda: trainer.save_checkpoint(path))
+
+
+@pytest.mark.parametrize("at", [5, 6, 12, 13, 15, 16, 23])
+def test_resume_inside_an_accumulation_window_restores_the_summed_gradients(tmp_path: Path, at: int) -> None:
+    ref = reference(tmp_path / "ref", accumulate_grad_batches=3)
+    pl.seed_everything(123)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer(tmp_path / "run", SaveEveryBatch(), Crash(at, "batches_seen"), accumulate_grad_batches=3).fit(
+            Net(), *data())
+    model = Net(seed=5)
+    trainer(tmp_path / "run", accumulate_grad_batches=3).fit(
+        model, *data(), ckpt_path=str(tmp_path / "run" / "ckpt" / "every.ckpt"))
+    assert_same(ref, model.state_dict())

@@ -187,3 +187,14 @@ def test_scheduler_arguments_are_checked() -> None:
         GradientAccumulationScheduler({0: 0})
     with pytest.raises(MisconfigurationException, match="Epoch should be an int greater than or equal to 0"):
         GradientAccumulationScheduler({-1: 2})
+
+
+def test_validation_inside_an_accumulation_window_keeps_its_gradients() -> None:
+    class WithVal(Net):
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            self.log("val_loss", self.loss(batch))
+
+    model = WithVal()
+    trainer = pl.Trainer(max_epochs=2, accumulate_grad_batches=4, val_check_interval=3, **QUIET)
+    trainer.fit(model, Once(batches()), Once(batches(2)))
+    same(hand_loop(2, accumulate=4), model.state_dict())

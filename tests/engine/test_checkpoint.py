@@ -318,3 +318,28 @@ def test_statetrain_checkpoints_load_in_lightning(tmp_path: Path) -> None:
     loaded = LTiny.load_from_checkpoint(path)
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v)
+
+
+def test_a_fit_whose_checkpoints_cannot_be_written_fails_loudly(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills up at the second epoch's checkpoint: the fit raises naming the file, the first epoch's file
+    is intact and loads (checkpointing is not optional like logging)."""
+    from engine.callbacks import ModelCheckpoint
+
+    real = checkpoint.torch.save
+    calls = {"n": 0}
+
+    def filling(obj: Any, f: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError(28, "No space left on device")
+        real(obj, f)
+
+    monkeypatch.setattr(checkpoint.torch, "save", filling)
+    pl.seed_everything(0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "c", save_top_k=-1)
+    with pytest.raises(CheckpointError, match=r"epoch=1-step=8\.ckpt: No space left on device"):
+        pl.Trainer(max_epochs=3, callbacks=[ckpt], **QUIET).fit(Tiny(), loader())
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["epoch=0-step=4.ckpt"]
+    assert checkpoint.load(tmp_path / "c" / "epoch=0-step=4.ckpt")["global_step"] == 4

@@ -14,7 +14,7 @@ which batch and whether this micro-batch steps, so a DDP `no_sync` wrapper or a 
 else. Phases and actions, in the order one training step meets them:
 
     wrap:    train_step (forward and backward of one micro-batch) > forward, backward, optimizer_step, eval_forward
-    provide: forward, backward, unscale, clip, optimizer_step, resolve_control
+    provide: convert_input (at batch transfer), forward, backward, unscale, clip, optimizer_step, resolve_control
 
 Instrumentations (profilers, a trace recorder) wrap every dispatch target; several coexist, applied in the order
 they were added.
@@ -40,7 +40,7 @@ STRATEGY, PRECISION, CALLBACK, MODULE, METRICS, LOGGER, MONITOR, PROGRESS, TRACE
     100, 200, 300, 400, 500, 600, 700, 800, 900)
 
 PHASES = ("train_step", "forward", "backward", "optimizer_step", "eval_forward")
-ACTIONS = ("forward", "backward", "unscale", "clip", "optimizer_step", "resolve_control")
+ACTIONS = ("convert_input", "forward", "backward", "unscale", "clip", "optimizer_step", "resolve_control")
 
 _NULL = nullcontext()
 

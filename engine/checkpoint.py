@@ -282,6 +282,9 @@ def build(run: "RunContext", weights_only: bool = False) -> dict[str, Any]:
                               "weights_only": weights_only}
     if not weights_only:
         engine["data"] = run.data_position()
+        if run.precision is not None and run.precision.state_dict():
+            engine["precision"] = run.precision.state_dict()  # e.g. the GradScaler of '16-mixed'
+            ckpt[type(run.precision).__name__] = engine["precision"]
         if run.pipeline.window_open():  # mid accumulation window: the gradients summed so far are state too
             engine["grads"] = {n: p.grad for n, p in module.named_parameters() if p.grad is not None}
         engine["strategy"] = run.strategy.state_dict()

@@ -233,7 +233,6 @@ _NOT_YET: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "devices": (lambda v: _device_count(v) != 1, "training on more than one device"),
     "num_nodes": (lambda v: v != 1, "multi-node training"),
-    "precision": (lambda v: v not in (None, "32-true"), "precisions other than '32-true'"),
     "profiler": (lambda v: isinstance(v, str) and v in ("advanced", "xla"), "the 'advanced' and 'xla' profilers"),
     "plugins": (lambda v: not _is_off(v), "plugins (Precision/CheckpointIO/ClusterEnvironment/LayerSync)"),
     "sync_batchnorm": (lambda v: v is True, "synchronised batch norm"),

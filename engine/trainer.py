@@ -35,6 +35,7 @@ from engine.utilities.rank_zero import rank_zero_only
 from hooks.callback import Callback, attach_run
 from hooks.grad_clip import clipping_for
 from hooks.lr_scheduler import lr_stepper_for
+from hooks.precision import precision_for, resolve_precision
 from strategies.accelerator import select_strategy
 
 __all__ = ["Trainer"]
@@ -70,6 +71,7 @@ class Trainer:
         warn_default_epochs = self.config.max_epochs is None and self.config.max_steps == -1 and s.max_epochs == 1000
         self.strategy = select_strategy(s)
         rank_zero_only.rank = self.strategy.global_rank  # type: ignore[attr-defined]
+        s.precision = resolve_precision(s.precision, self.strategy.root_device)
         _set_torch_flags(s)
         self.bus = Bus()
         _configure_messages(s.log_format, self.strategy.global_rank)
@@ -82,7 +84,7 @@ class Trainer:
         self.profiler: Any = _build_profiler(s.profiler)
         self._rc = RunContext(self, self.config, s, self.strategy, self.bus, build_fit_machine(),
                               build_eval_machine(), callbacks, _build_loggers(s), attach_callbacks=attach_run,
-                              fit_handlers=[lr_stepper_for, clipping_for])
+                              fit_handlers=[lr_stepper_for, clipping_for], stage_handlers=[precision_for])
 
     # -- the run context and what the Trainer assembled -------------------------------------------------------------
     @property
@@ -525,16 +527,17 @@ def _default_callbacks(s: Any, config: TrainerConfig, callbacks: list[Any]) -> t
         from hooks.model_summary import ModelSummary
 
         callbacks.append(ModelSummary())
-    from hooks.checkpoint import ModelCheckpoint
+    from hooks.checkpoint import ModelCheckpoint, OnExceptionCheckpoint
 
-    checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
-    if config.enable_checkpointing is False and checkpoints:
+    if config.enable_checkpointing is False and any(isinstance(c, ModelCheckpoint) for c in callbacks):
         raise MisconfigurationException("Trainer was configured with `enable_checkpointing=False` but found "
                                         "`ModelCheckpoint` in callbacks list; remove it or drop the flag")
-    if config.enable_checkpointing is not False and not checkpoints and not s.fast_dev_run:
-        checkpoints = [ModelCheckpoint()]
+    if config.enable_checkpointing is not False and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+        callbacks.append(ModelCheckpoint())  # under fast_dev_run it is there and saves nothing, as in Lightning
     # Lightning runs the checkpoint callbacks last, after every other callback has seen the event
-    return [c for c in callbacks if not isinstance(c, ModelCheckpoint)] + checkpoints, bool(timers)
+    kinds = (ModelCheckpoint, OnExceptionCheckpoint)
+    return [c for c in callbacks if not isinstance(c, kinds)] + [c for c in callbacks if isinstance(c, kinds)], \
+        bool(timers)
 
 
 def _build_loggers(s: Any) -> list[Any]:

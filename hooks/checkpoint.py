@@ -1,12 +1,15 @@
 """ModelCheckpoint and OnExceptionCheckpoint: Lightning's checkpoint callbacks (reference §5.1), as handlers.
 
-ModelCheckpoint decides where Lightning decides (on_train_batch_end for every_n_train_steps and
-train_time_interval, on_train_epoch_end or on_validation_end for every_n_epochs, by Lightning's
+ModelCheckpoint decides where Lightning (2.6) decides (on_train_batch_end for every_n_train_steps and
+train_time_interval, deferred to on_validation_end while the monitored value is not logged yet or the epoch's
+validation follows the last batch; on_train_epoch_end or on_validation_end for every_n_epochs, by Lightning's
 `save_on_train_epoch_end` rule), keeps Lightning's top-k bookkeeping (best_model_path, best_k_models, kth_value, ...)
-and file names (`epoch=0-step=8.ckpt`, `-v1` on collisions, `last.ckpt`), and writes the file at the fit's next
-boundary (the end of that batch, validation included, or of that epoch) through `RunContext.at_boundary`: a
-checkpoint written there resumes bit-exactly. Files that fall out of the top k are deleted after the new one is on
-disk; the file a run resumed from is never deleted.
+and file names (`epoch=0-step=8.ckpt`, `-v1` on collisions, `last.ckpt`; at epoch level last.ckpt follows a saved
+checkpoint, and is written at the train end if none was), and writes the file at the fit's next boundary (the end of
+that batch, validation included, or of that epoch) through `RunContext.at_boundary`: a checkpoint written there
+resumes bit-exactly. Where no boundary follows (the train end, an exception) the queued files are written at once.
+Files that fall out of the top k are deleted after the new one is on disk; the file a run resumed from is never
+deleted.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import Tensor
 
 from engine.errors import MisconfigurationException
 from engine.log import log
+from engine.utilities.rank_zero import rank_zero_warn
 from hooks.callback import Callback
 
 __all__ = ["ModelCheckpoint", "OnExceptionCheckpoint"]
@@ -47,10 +51,19 @@ class ModelCheckpoint(Callback):
                  mode: str = "min", auto_insert_metric_name: bool = True, every_n_train_steps: int | None = None,
                  train_time_interval: timedelta | None = None, every_n_epochs: int | None = None,
                  save_on_train_epoch_end: bool | None = None, enable_version_counter: bool = True) -> None:
+        # checked in Lightning's order: mode, save_top_k, the triggers' values, their exclusivity, top-k without monitor
         if mode not in _MODES:
             raise MisconfigurationException(f"ModelCheckpoint(mode={mode!r}): expected 'min' or 'max'")
         if save_top_k < -1:
             raise MisconfigurationException(f"ModelCheckpoint(save_top_k={save_top_k}): must be >= -1 (-1 keeps all)")
+        for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
+            if value is not None and value < 0:
+                raise MisconfigurationException(f"ModelCheckpoint({name}={value}): must be >= 0")
+        triggers = [every_n_train_steps, every_n_epochs, train_time_interval]
+        if ((every_n_train_steps or 0) >= 1) + ((every_n_epochs or 0) >= 1) + (train_time_interval is not None) > 1:
+            raise MisconfigurationException(
+                f"Combination of parameters every_n_train_steps={every_n_train_steps}, every_n_epochs="
+                f"{every_n_epochs} and train_time_interval={train_time_interval} should be mutually exclusive.")
         if monitor is None and save_top_k not in (-1, 0, 1):
             raise MisconfigurationException(
                 f"ModelCheckpoint(save_top_k={save_top_k}, monitor=None) is not a valid configuration: without a "
@@ -58,14 +71,6 @@ class ModelCheckpoint(Callback):
         if save_last not in (None, True, False, "link"):
             raise MisconfigurationException(f"ModelCheckpoint(save_last={save_last!r}): expected True, False, "
                                             "None or 'link'")
-        triggers = [every_n_train_steps, every_n_epochs, train_time_interval]
-        if sum(t not in (None, 0) for t in triggers) > 1:
-            raise MisconfigurationException(
-                f"Combination of parameters every_n_train_steps={every_n_train_steps}, every_n_epochs="
-                f"{every_n_epochs} and train_time_interval={train_time_interval} should be mutually exclusive.")
-        for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
-            if value is not None and value < 0:
-                raise MisconfigurationException(f"ModelCheckpoint({name}={value}): must be >= 0")
         self.dirpath: str | None = os.path.realpath(os.path.expanduser(os.fspath(dirpath))) if dirpath else None
         self.filename = filename
         self.monitor = monitor
@@ -78,7 +83,8 @@ class ModelCheckpoint(Callback):
         self.auto_insert_metric_name = auto_insert_metric_name
         self._every_n_train_steps = every_n_train_steps or 0
         self._train_time_interval = train_time_interval
-        self._every_n_epochs = (1 if all(t is None for t in triggers) else 0) if every_n_epochs is None else every_n_epochs
+        default_epochs = 1 if all(t is None for t in triggers) else 0  # epoch-level saving unless told otherwise
+        self._every_n_epochs = default_epochs if every_n_epochs is None else every_n_epochs
         self._save_on_train_epoch_end = save_on_train_epoch_end
         self._enable_version_counter = enable_version_counter
         self.best_k_models: dict[str, Tensor] = {}
@@ -91,8 +97,8 @@ class ModelCheckpoint(Callback):
         self._last_global_step_saved = 0
         self._last_time_checked: float | None = None
         self._last_checkpoint_saved = ""
-        self._deferred = False
-        self._fit_dir_checked = False
+        self._deferred = False  # a step/time-triggered save waits for the validation that follows
+        self._val_has_run = False  # the fit's validation has run (sanity check aside): a missing monitor is an error
 
     # -- Lightning's surface ----------------------------------------------------------------------------------------
     @property
@@ -119,17 +125,16 @@ class ModelCheckpoint(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         dirpath = state_dict.get("dirpath", self.dirpath)
-        if self.dirpath is None or dirpath == self.dirpath:
+        if dirpath == self.dirpath:
             self.best_model_score = state_dict["best_model_score"]
-            self.kth_best_model_path = state_dict.get("kth_best_model_path", "")
+            self.kth_best_model_path = state_dict.get("kth_best_model_path", self.kth_best_model_path)
             self.kth_value = state_dict.get("kth_value", self.kth_value)
-            self.best_k_models = dict(state_dict.get("best_k_models", {}))
-            self.last_model_path = state_dict.get("last_model_path", "")
-            self.current_score = state_dict.get("current_score")
+            self.best_k_models = dict(state_dict.get("best_k_models", self.best_k_models))
+            self.last_model_path = state_dict.get("last_model_path", self.last_model_path)
         else:
-            log.warning(f"The dirpath has changed from {dirpath!r} to {self.dirpath!r}, therefore "
-                        "`best_model_score`, `kth_best_model_path`, `kth_value`, `last_model_path` and "
-                        "`best_k_models` won't be reloaded. Only `best_model_path` will be reloaded.")
+            rank_zero_warn(f"The dirpath has changed from {dirpath!r} to {self.dirpath!r}, therefore "
+                           "`best_model_score`, `kth_best_model_path`, `kth_value`, `last_model_path` and "
+                           "`best_k_models` won't be reloaded. Only `best_model_path` will be reloaded.")
         self.best_model_path = state_dict["best_model_path"]
 
     def to_yaml(self, filepath: str | os.PathLike | None = None) -> None:
@@ -144,22 +149,25 @@ class ModelCheckpoint(Callback):
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if self.dirpath is None:
             self.dirpath = self._resolve_dirpath(trainer)
-        if stage == "fit" and self.save_top_k != 0 and os.path.isdir(self.dirpath) and os.listdir(self.dirpath):
-            log.warning(f"Checkpoint directory {self.dirpath} exists and is not empty.")
+        if stage == "fit":
+            self._val_has_run = False
+            if self.save_top_k != 0 and os.path.isdir(self.dirpath) and os.listdir(self.dirpath):
+                rank_zero_warn(f"Checkpoint directory {self.dirpath} exists and is not empty.")
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._last_time_checked = time.monotonic()
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._skip(trainer):
-            return
+        # Lightning's order: trigger due? (the time trigger restarts its clock even if the save is skipped), monitor
+        # not logged yet or a validation about to run after this last batch -> defer to on_validation_end, skip
+        # (sanity check / fast_dev_run / this step already saved), save the top-k and last checkpoints
         n = self._every_n_train_steps
         step_due = n >= 1 and trainer.global_step % n == 0
         time_due = False
         if self._train_time_interval is not None:
             now = time.monotonic()
-            last = self._last_time_checked if self._last_time_checked is not None else now
-            time_due = now - last >= self._train_time_interval.total_seconds()
+            last = self._last_time_checked
+            time_due = last is not None and now - last >= self._train_time_interval.total_seconds()
             if time_due:
                 self._last_time_checked = now
         if not (step_due or time_due):
@@ -168,33 +176,81 @@ class ModelCheckpoint(Callback):
         if self.monitor is not None and self.monitor not in candidates:
             self._deferred = True  # the monitored value comes from a validation that has not run yet
             return
-        self._save(trainer, candidates)
-
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if not self._skip(trainer) and self._on_train_epoch_end(trainer) and self._epoch_due(trainer):
-            self._save(trainer, self._candidates(trainer))
-
-    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.monitor is not None and trainer.is_last_batch and not self._on_train_epoch_end(trainer) and (
+                self._validation_follows(trainer)):
+            self._deferred = True  # the epoch's validation is next: save with its fresh value
+            return
         if self._skip(trainer):
             return
-        if self._deferred or (not self._on_train_epoch_end(trainer) and self._epoch_due(trainer)):
+        self._save_topk(trainer, candidates)
+        self._save_last(trainer, candidates)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if not self._skip(trainer) and self._on_train_epoch_end(trainer):
+            self._save_epoch(trainer)
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.state.fn == "fit":
+            self._val_has_run = False
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and _total(trainer.num_val_batches) > 0:
+            self._val_has_run = True
+        if self._skip(trainer) or self._on_train_epoch_end(trainer):
+            return
+        if self._deferred:
             self._deferred = False
-            self._save(trainer, self._candidates(trainer))
+            candidates = self._candidates(trainer)
+            self._save_topk(trainer, candidates)
+            self._save_last(trainer, candidates)
+            return
+        self._save_epoch(trainer)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.save_last and not self.last_model_path and not self._skip(trainer, same_step_ok=True):
+        # Lightning: save_last=True gets its last.ckpt even if no checkpoint was saved during the fit (save_top_k=0,
+        # or no trigger ever fired); unlike Lightning, not under fast_dev_run (which never checkpoints). No boundary
+        # follows the train end, so the file is written now.
+        if self.save_last and not self._last_checkpoint_saved and not trainer.fast_dev_run:
             self._save_last(trainer, self._candidates(trainer))
+            self._run_pending(trainer, ("teardown", True))
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        if not self.save_on_exception or self.dirpath is None or trainer.state.fn != "fit":
+        # Files decided in this batch but queued for its end (e.g. the validation after it raised) are written now:
+        # Lightning has them on disk already, and best_model_path/last_model_path name them.
+        self._run_pending(trainer, None)
+        # Lightning's `_should_save_on_exception`: not under fast_dev_run or the sanity check, not twice at one step;
+        # the file has the usual name (the `filename` template), and last.ckpt follows. Written now: no boundary comes.
+        if (not self.save_on_exception or self.dirpath is None or trainer.fast_dev_run or trainer.sanity_checking
+                or self._last_global_step_saved == trainer.global_step):
             return
-        name = self.format_checkpoint_name(self._candidates(trainer), prefix="exception")
-        trainer.save_checkpoint(name, self.save_weights_only)
+        candidates = self._candidates(trainer)
+        filepath = self.format_checkpoint_name(candidates)
+        self._write(trainer, filepath, remove="", now=True)
+        self._save_last(trainer, candidates, now=True)
+        log.info(f"An {type(exception).__name__} was raised with message: {exception}, saved checkpoint to "
+                 f"{filepath}")
 
     # -- decisions --------------------------------------------------------------------------------------------------
-    def _skip(self, trainer: Any, same_step_ok: bool = False) -> bool:
+    def _skip(self, trainer: Any) -> bool:
         return bool(trainer.fast_dev_run or trainer.state.fn != "fit" or trainer.sanity_checking
-                    or (not same_step_ok and self._last_global_step_saved == trainer.global_step))
+                    or self._last_global_step_saved == trainer.global_step)
+
+    def _save_epoch(self, trainer: Any) -> None:
+        """The epoch-level save (on_train_epoch_end or on_validation_end): the top k if the epoch is due; last.ckpt
+        only if a checkpoint was saved at this step (Lightning >= 2.6), or re-linked to the latest one with 'link'."""
+        candidates = self._candidates(trainer)
+        if self._epoch_due(trainer):
+            self._save_topk(trainer, candidates)
+        if self._last_global_step_saved == trainer.global_step or (
+                self.save_last == "link" and self._last_checkpoint_saved):
+            self._save_last(trainer, candidates)
+
+    def _validation_follows(self, trainer: Any) -> bool:
+        """Whether the fit validates right after this (last) batch of the epoch."""
+        if not trainer.context.val_on or _total(trainer.num_val_batches) <= 0:
+            return False
+        every = trainer.check_val_every_n_epoch
+        return every is None or (trainer.current_epoch + 1) % every == 0
 
     def _epoch_due(self, trainer: Any) -> bool:
         n = self._every_n_epochs
@@ -204,11 +260,11 @@ class ModelCheckpoint(Callback):
         """Lightning's rule for where epoch-level saving runs."""
         if self._save_on_train_epoch_end is not None:
             return self._save_on_train_epoch_end
+        if getattr(trainer.context.settings, "val_check_time_interval", None) is not None:
+            return False  # time-based validation: save after it
         if trainer.check_val_every_n_epoch != 1:
             return False
-        num_val = sum(trainer.num_val_batches) if isinstance(trainer.num_val_batches, list) else (
-            trainer.num_val_batches)
-        if num_val == 0 or not trainer.context.val_on:
+        if _total(trainer.num_val_batches) == 0 or not trainer.context.val_on:
             return True
         return trainer.val_check_interval == 1.0
 
@@ -228,10 +284,6 @@ class ModelCheckpoint(Callback):
         return metrics
 
     # -- saving -------------------------------------------------------------------------------------------------------
-    def _save(self, trainer: Any, candidates: dict[str, Any]) -> None:
-        self._save_topk(trainer, candidates)
-        self._save_last(trainer, candidates)
-
     def _save_topk(self, trainer: Any, candidates: dict[str, Any]) -> None:
         if self.save_top_k == 0:
             return
@@ -244,8 +296,7 @@ class ModelCheckpoint(Callback):
             message = (f"`ModelCheckpoint(monitor={self.monitor!r})` could not find the monitored key in the "
                        f"returned metrics: {list(candidates)}. HINT: Did you call `log({self.monitor!r}, value)` "
                        "in the `LightningModule`?")
-            if trainer.context.sources.val_loaders is not None and not trainer.sanity_checking and (
-                    trainer.num_val_batches):
+            if self._val_has_run:  # Lightning: an error once the fit's validation has run, a warning before
                 raise MisconfigurationException(message)
             trainer.context.warn_once(f"ckpt_monitor_{self.monitor}", message)
             return
@@ -283,22 +334,23 @@ class ModelCheckpoint(Callback):
                      f"{filepath!r} as top {k}")
         self._write(trainer, filepath, remove=dropped)
 
-    def _save_last(self, trainer: Any, candidates: dict[str, Any]) -> None:
+    def _save_last(self, trainer: Any, candidates: dict[str, Any], now: bool = False) -> None:
         if not self.save_last:
             return
         filepath = self._free_name(candidates, keep=self.last_model_path, name=self.CHECKPOINT_NAME_LAST)
         previous, self.last_model_path = self.last_model_path, filepath
         if self.save_last == "link" and self._last_checkpoint_saved and self.save_top_k != 0:
             target = self._last_checkpoint_saved
-            self._at_boundary(trainer, lambda: _link(target, filepath))
-            self._last_checkpoint_saved_at(trainer)
+            if os.path.abspath(target) != os.path.abspath(filepath):  # never a link to itself
+                self._at_boundary(trainer, lambda: _link(target, filepath), now)
         else:
-            self._write(trainer, filepath, remove="")
+            self._write(trainer, filepath, remove="", now=now)
         if previous and previous != filepath:
-            self._at_boundary(trainer, lambda: self._remove(trainer, previous, filepath))
+            self._at_boundary(trainer, lambda: self._remove(trainer, previous, filepath), now)
 
-    def _write(self, trainer: Any, filepath: str, remove: str) -> None:
-        """Save `filepath` at the fit's next boundary, then delete `remove` (a file that fell out of the top k)."""
+    def _write(self, trainer: Any, filepath: str, remove: str, now: bool = False) -> None:
+        """Save `filepath` at the fit's next boundary (or `now`), then delete `remove` (a file that fell out of the
+        top k)."""
         weights_only = self.save_weights_only
 
         def write() -> None:
@@ -309,25 +361,48 @@ class ModelCheckpoint(Callback):
                 self._remove(trainer, remove, filepath)
 
         self._last_checkpoint_saved = filepath
-        self._last_checkpoint_saved_at(trainer)
-        self._at_boundary(trainer, write)
-
-    def _last_checkpoint_saved_at(self, trainer: Any) -> None:
         self._last_global_step_saved = trainer.global_step
+        self._at_boundary(trainer, write, now)
 
-    def _at_boundary(self, trainer: Any, write: Any) -> None:
-        trainer.context.at_boundary(write)
+    def _at_boundary(self, trainer: Any, write: Any, now: bool = False) -> None:
+        if now:
+            write()
+        else:
+            trainer.context.at_boundary(write)
+
+    @staticmethod
+    def _run_pending(trainer: Any, boundary: tuple[str, bool] | None) -> None:
+        """Run the writes queued for a boundary that will not come: at the train's end (`boundary` = where the fit
+        goes on, as the last epoch-end boundary recorded it) or after an exception (None: not a boundary)."""
+        ctx = trainer.context
+        writes, ctx.boundary_writes = ctx.boundary_writes, []
+        if not writes:
+            return
+        previous = ctx.boundary
+        ctx.boundary = previous or boundary
+        try:
+            for write in writes:
+                if boundary is not None:
+                    write()
+                    continue
+                try:  # after an exception: never mask it
+                    write()
+                except Exception as exc:  # noqa: BLE001
+                    rank_zero_warn(f"ModelCheckpoint: a checkpoint decided before the exception could not be "
+                                   f"written: {exc!r}")
+        finally:
+            ctx.boundary = previous
 
     def _remove(self, trainer: Any, previous: str, current: str) -> None:
         """Delete a checkpoint that is no longer kept: never the current one, nor the one this fit resumed from,
         nor a file outside our directory."""
         if not previous or previous == current:
             return
-        path = Path(previous).resolve()
+        path = Path(previous).absolute()  # not resolve(): a last.ckpt link is removed itself, not its target
         resumed = trainer.ckpt_path
-        if resumed and Path(resumed).resolve() == path:
+        if resumed and Path(resumed).absolute() == path:
             return
-        if self.dirpath and Path(self.dirpath).resolve() in path.parents and path.is_file():
+        if self.dirpath and Path(self.dirpath).absolute() in path.parents and os.path.lexists(path):
             path.unlink()
 
     # -- names ------------------------------------------------------------------------------------------------------
@@ -389,6 +464,8 @@ class OnExceptionCheckpoint(Callback):
     FILE_EXTENSION = ".ckpt"
 
     def __init__(self, dirpath: str | os.PathLike, filename: str = "on_exception") -> None:
+        if not filename:
+            raise ValueError("OnExceptionCheckpoint(filename=''): the filename cannot be empty")
         self.dirpath = os.fspath(dirpath)
         self.filename = filename
         self.best_model_path = ""
@@ -399,10 +476,21 @@ class OnExceptionCheckpoint(Callback):
         return os.path.join(self.dirpath, self.filename + self.FILE_EXTENSION)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        if trainer.state.fn != "fit":
-            return
         trainer.save_checkpoint(self.ckpt_path)
         self.last_model_path = self.ckpt_path
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """A run that ends normally removes the file (as Lightning does): it only stands for a failed run."""
+        if os.path.lexists(self.ckpt_path):
+            os.remove(self.ckpt_path)
+        self.last_model_path = ""
+
+
+def _total(num_batches: Any) -> float:
+    """trainer.num_val_batches as one number (a list per dataloader in Lightning)."""
+    if isinstance(num_batches, (list, tuple)):
+        return sum(num_batches)
+    return num_batches or 0
 
 
 def _link(target: str, link: str) -> None:

@@ -71,7 +71,8 @@ class RunContext:
     def __init__(self, trainer: "Trainer", config: "TrainerConfig", settings: "RunSettings", strategy: Any,
                  bus: Bus, machine: "Machine", eval_machine: "Machine", callbacks: list[Any],
                  loggers: list[Any], attach_callbacks: AttachFn,
-                 fit_handlers: list[Callable[["RunContext"], object | None]] = ()) -> None:
+                 fit_handlers: list[Callable[["RunContext"], object | None]] = (),
+                 stage_handlers: list[Callable[["RunContext"], object | None]] = ()) -> None:
         from engine.loops.optimization import StepPipeline
 
         self.trainer = trainer
@@ -87,6 +88,8 @@ class RunContext:
         # handlers a fit attaches once its optimizers are known (e.g. the LR scheduler stepper)
         self.attach_callbacks = attach_callbacks
         self.fit_handlers = list(fit_handlers)
+        self.stage_handlers = list(stage_handlers)  # attached in every stage once the module is set up (precision)
+        self.precision: Any = None  # the precision handler of the run, if any (its state goes in checkpoints)
         self.progress = Progress()
         self.control = Control(self.now, notify=self._control_requested)
         self.status = RunStatus()
@@ -403,6 +406,13 @@ class RunContext:
         if overridden(model, LightningModule, "configure_model"):
             self.call_module("configure_model")
         self.model = self.strategy.setup_module(model)
+        self.precision = None
+        for factory in self.stage_handlers:
+            handler = factory(self)
+            if handler is not None:
+                self.bus.attach(handler)
+                self.run_handlers.append(handler)
+                self.precision = handler
         self.transfer = BatchTransfer(self)
         self.val_on = (self.sources.val_source is not None and self.settings.limit_val_batches != 0
                        and overridden(model, LightningModule, "validation_step"))
@@ -510,7 +520,8 @@ class RunContext:
             return None
         handlers = self.checkpoint_handlers()
         if ckpt_path == "best":
-            best = handlers[0].best_model_path if handlers else ""
+            first = self.trainer.checkpoint_callback  # the first ModelCheckpoint, as in Lightning
+            best = first.best_model_path if first is not None else ""
             if not best:
                 raise MisconfigurationException(
                     f"trainer.{fn}(ckpt_path='best'): no best checkpoint is known"

@@ -347,6 +347,9 @@ class BatchTransfer:
                 plan.append((model, name))
             elif name == "transfer_batch_to_device":
                 plan.append((None, name))
+        provider = ctx.bus.providers.get("convert_input")  # precision: floating inputs to its dtype
+        if provider is not None:
+            plan.insert(0, (provider[1], "convert_input"))
         self.plan = tuple(plan) if len(plan) > 1 or plan[0][0] is not None else None
         self.to_device = ctx.strategy.batch_to_device
         # the whole transfer when no hook is overridden: the loops call it directly (one call per batch)
@@ -361,6 +364,8 @@ class BatchTransfer:
         for owner, name in plan:
             if owner is None:
                 batch = self.to_device(batch)
+            elif name == "convert_input":
+                batch = owner(batch)
             elif name == "transfer_batch_to_device":
                 batch = ctx.call_hook(owner, name, batch, device, dataloader_idx)
             else:

@@ -77,6 +77,8 @@ def restore_training(loop: "FitLoop", ckpt: dict[str, Any]) -> str:
     run.load_state_dict(engine["run"])
     loop.pending_grads = engine.get("grads")  # inside an accumulation window: set after setup's zero_grad
     run.strategy.load_state_dict(engine.get("strategy") or {})
+    if run.precision is not None and engine.get("precision"):
+        run.precision.load_state_dict(engine["precision"])
     resume = engine["resume"]
     if not resume.get("exact", False):
         run.warn_once("resume_inexact", "this checkpoint was written outside a batch or epoch boundary (e.g. by "

@@ -316,7 +316,7 @@ def test_unknown_phases_and_actions_are_handler_errors() -> None:
     with pytest.raises(HandlerError, match=r"defines wrap_everything\(\); known phases: train_step, forward, "
                                            r"backward, optimizer_step, eval_forward"):
         Bus().attach(BadWrap())
-    with pytest.raises(HandlerError, match=r"defines provide_loss\(\); known actions: forward, backward, unscale, "
+    with pytest.raises(HandlerError, match=r"defines provide_loss\(\); known actions: convert_input, forward, backward, unscale, "
                                            r"clip, optimizer_step, resolve_control"):
         Bus().attach(BadProvide())
 

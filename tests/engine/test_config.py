@@ -428,8 +428,6 @@ NOT_YET_CASES = [
     ("devices", "-1", "more than one device"),
     ("devices", [0, 1], "more than one device"),
     ("num_nodes", 2, "multi-node training"),
-    ("precision", "16-mixed", "precisions other than '32-true'"),
-    ("precision", 64, "precisions other than '32-true'"),
     ("profiler", "advanced", "the 'advanced' and 'xla' profilers"),
     ("plugins", Thing(), "plugins"),
     ("plugins", [Thing()], "plugins"),

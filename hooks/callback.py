@@ -31,6 +31,11 @@ class Callback:
     # (built-in callbacks use it to skip the Lightning-signature adapter on per-step events)
     native_handlers: dict[str, str] = {}
 
+    def listens_to(self, hook: str) -> bool:
+        """Whether this instance needs `hook` (an overridden one): a handler configured so that a per-step hook
+        has nothing to do says False, and the hook costs nothing (a statetrain extension; default True)."""
+        return True
+
     @property
     def state_key(self) -> str:
         """Key of this callback's state in a checkpoint (class qualname by default)."""
@@ -127,7 +132,7 @@ def attach_callback(bus: Bus, callback: Callback, trainer: "Trainer", module: "L
     subs = []
     natives = type(callback).native_handlers
     for event_type, name in LIGHTNING_HOOKS.items():
-        if not _overrides(callback, Callback, name):
+        if not _overrides(callback, Callback, name) or not callback.listens_to(name):
             continue
         prio = MONITOR if (event_type is EpochEnded and callback.is_monitor) else priority
         native = natives.get(name)

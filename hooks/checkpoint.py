@@ -157,6 +157,12 @@ class ModelCheckpoint(Callback):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._last_time_checked = time.monotonic()
 
+    def listens_to(self, hook: str) -> bool:
+        """Without a step or time trigger, nothing happens at a batch's end: the hook is not subscribed."""
+        if hook == "on_train_batch_end":
+            return self._every_n_train_steps >= 1 or self._train_time_interval is not None
+        return True
+
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Lightning's order: trigger due? (the time trigger restarts its clock even if the save is skipped), monitor
         # not logged yet or a validation about to run after this last batch -> defer to on_validation_end, skip

@@ -343,3 +343,34 @@ def test_a_fit_whose_checkpoints_cannot_be_written_fails_loudly(tmp_path: Path,
     monkeypatch.undo()
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["epoch=0-step=4.ckpt"]
     assert checkpoint.load(tmp_path / "c" / "epoch=0-step=4.ckpt")["global_step"] == 4
+
+
+def test_a_checkpoint_written_by_lightning_now_loads_here(tmp_path: Path) -> None:
+    """With real Lightning installed (the `bench` extra): written there, loaded and resumed here."""
+    lightning = pytest.importorskip("lightning.pytorch")
+
+    class LTiny(lightning.LightningModule):
+        def __init__(self, in_dim: int = 4, hidden: int = 3, lr: float = 0.05) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return nn.functional.mse_loss(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)}
+
+    lt = lightning.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                           enable_checkpointing=False, accelerator="cpu", default_root_dir=tmp_path)
+    lmodel = LTiny(hidden=5)
+    lt.fit(lmodel, loader())
+    lt.save_checkpoint(tmp_path / "l.ckpt")
+    model = Tiny.load_from_checkpoint(tmp_path / "l.ckpt")
+    assert model.hparams.hidden == 5
+    for k, v in lmodel.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v)
+    t = pl.Trainer(max_epochs=2, **QUIET)
+    t.fit(Tiny(hidden=5), loader(), ckpt_path=str(tmp_path / "l.ckpt"))
+    assert (t.current_epoch, t.global_step) == (2, 8)

@@ -233,3 +233,29 @@ def test_resume_inside_an_accumulation_window_restores_the_summed_gradients(tmp_
     trainer(tmp_path / "run", accumulate_grad_batches=3).fit(
         model, *data(), ckpt_path=str(tmp_path / "run" / "ckpt" / "every.ckpt"))
     assert_same(ref, model.state_dict())
+
+
+class Stream(torch.utils.data.IterableDataset):
+    """An iterable dataset: it cannot be skipped by index."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(1)
+        self.x, self.y = torch.randn(N, 4, generator=g), torch.randn(N, 1, generator=g)
+
+    def __iter__(self) -> Any:
+        return iter(zip(self.x, self.y))
+
+    def __len__(self) -> int:
+        return N
+
+
+def test_an_iterable_dataset_resumes_by_skipping_batches_with_a_warning(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    def stream_data() -> tuple[DataLoader, DataLoader]:
+        return DataLoader(Stream(), batch_size=BATCH), DataLoader(Stream(), batch_size=8)
+
+    monkeypatch.setattr(sys.modules[__name__], "data", stream_data)
+    ref = reference(tmp_path / "ref", max_epochs=2)
+    with pytest.warns(UserWarning, match="cannot skip by index .* its first 3 batches of the epoch are loaded"):
+        got, _ = interrupted_then_resumed(tmp_path / "run", 13, max_epochs=2)
+    assert_same(ref, got)

@@ -8,7 +8,8 @@ handlers and `self.log` all keep working. Only three states are new:
     d_step -> g_step                    discriminator update (real vs detached fake)
     g_step -> batch | validation | epoch_end    generator update, then BatchEnded and Lightning's val-check rule
 
-The module uses manual optimization (`self.optimizers()`, `self.manual_backward`), so each `opt.step()` fires
+The module uses manual optimization (`self.optimizers()`, `self.manual_backward`, two optimizers, two StepLR
+schedulers it steps itself at each epoch end via `self.lr_schedulers()`), so each `opt.step()` fires
 BeforeOptimizerStep / OptimizerStepped and counts one global step, as in Lightning.
 Run it: `python examples/gan.py` (CPU, a couple of seconds).
 """
@@ -79,7 +80,14 @@ class GAN(pl.LightningModule):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr, betas=(0.5, 0.999))
         opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.lr, betas=(0.5, 0.999))
-        return [opt_d, opt_g]
+        sched_d = torch.optim.lr_scheduler.StepLR(opt_d, step_size=5, gamma=0.5)
+        sched_g = torch.optim.lr_scheduler.StepLR(opt_g, step_size=5, gamma=0.5)
+        return [opt_d, opt_g], [sched_d, sched_g]
+
+    def on_train_epoch_end(self) -> None:
+        """Manual optimization steps its schedulers itself (Lightning does not): one step per epoch each."""
+        for scheduler in self.lr_schedulers():
+            scheduler.step()
 
 
 # -- the three new states ---------------------------------------------------------------------------------------

@@ -348,3 +348,14 @@ def test_a_machine_from_scratch_must_be_valid() -> None:
     m.add_state("orphan", lambda loop: DONE, to={DONE})
     with pytest.raises(ValueError, match=r"machine 'gan': unreachable state\(s\) \['orphan'\]"):
         m.validate()
+
+
+def test_the_gan_steps_its_two_schedulers_on_both_machines() -> None:
+    for trainer in (gan_example.build_trainer(max_epochs=6, limit_train_batches=1),
+                    pl.Trainer(max_epochs=6, limit_train_batches=1, accelerator="cpu", logger=False,
+                               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)):
+        model = gan_example.GAN(lr=0.02)
+        trainer.fit(model, gan_example.make_data(n=32))
+        assert [c.scheduler.last_epoch for c in trainer.lr_scheduler_configs] == [6, 6]
+        assert [o.param_groups[0]["lr"] for o in trainer.optimizers] == [0.01, 0.01]  # halved once, at epoch 5
+        assert trainer.global_step == 12  # two optimizer steps per batch (Lightning counts optimizer steps)

@@ -1,5 +1,6 @@
 """Lightning's `lightning.pytorch.callbacks` import path: the built-in callbacks, re-exported from `hooks`."""
 
+from hooks.accumulation import GradientAccumulationScheduler
 from hooks.callback import Callback
 from hooks.checkpoint import ModelCheckpoint, OnExceptionCheckpoint
 from hooks.early_stopping import EarlyStopping
@@ -9,4 +10,4 @@ from hooks.progress import TQDMProgressBar
 from hooks.throughput import ThroughputMonitor
 from hooks.timer import Timer
 
-__all__ = ["Callback", "EarlyStopping", "ModelCheckpoint", "OnExceptionCheckpoint", "LearningRateMonitor", "ModelSummary", "TQDMProgressBar", "ThroughputMonitor", "Timer"]
+__all__ = ["Callback", "GradientAccumulationScheduler", "EarlyStopping", "ModelCheckpoint", "OnExceptionCheckpoint", "LearningRateMonitor", "ModelSummary", "TQDMProgressBar", "ThroughputMonitor", "Timer"]

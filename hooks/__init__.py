@@ -29,6 +29,12 @@ _EXPORTS = {
     "OnExceptionCheckpoint": "hooks.checkpoint",
     "EarlyStopping": "hooks.early_stopping",
     "EarlyStoppingReason": "hooks.early_stopping",
+    "GradientClipping": "hooks.grad_clip",
+    "GradientAccumulationScheduler": "hooks.accumulation",
+    "NonFiniteLoss": "hooks.nonfinite",
+    "TruePrecision": "hooks.precision",
+    "MixedPrecision": "hooks.precision",
+    "ScaledMixedPrecision": "hooks.precision",
 }
 
 __all__ = list(_EXPORTS)

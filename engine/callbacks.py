@@ -9,5 +9,8 @@ from hooks.model_summary import ModelSummary
 from hooks.progress import TQDMProgressBar
 from hooks.throughput import ThroughputMonitor
 from hooks.timer import Timer
+from hooks.weight_averaging import EMAWeightAveraging, WeightAveraging
 
-__all__ = ["Callback", "GradientAccumulationScheduler", "EarlyStopping", "ModelCheckpoint", "OnExceptionCheckpoint", "LearningRateMonitor", "ModelSummary", "TQDMProgressBar", "ThroughputMonitor", "Timer"]
+__all__ = ["Callback", "WeightAveraging", "EMAWeightAveraging", "GradientAccumulationScheduler", "EarlyStopping",
+           "ModelCheckpoint", "OnExceptionCheckpoint", "LearningRateMonitor", "ModelSummary", "TQDMProgressBar",
+           "ThroughputMonitor", "Timer"]

@@ -32,6 +32,8 @@ _EXPORTS = {
     "GradientClipping": "hooks.grad_clip",
     "GradientAccumulationScheduler": "hooks.accumulation",
     "NonFiniteLoss": "hooks.nonfinite",
+    "WeightAveraging": "hooks.weight_averaging",
+    "EMAWeightAveraging": "hooks.weight_averaging",
     "TruePrecision": "hooks.precision",
     "MixedPrecision": "hooks.precision",
     "ScaledMixedPrecision": "hooks.precision",

@@ -12,16 +12,12 @@ rows). See benchmarks/README.md for what is measured and how.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
-import io
-import logging
 import os
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -35,6 +31,9 @@ import engine as st  # noqa: E402
 from engine import checkpoint as st_checkpoint  # noqa: E402
 from engine.loops.data import resume_iterator  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from overhead import silenced  # noqa: E402  (one way of muting the frameworks, shared with overhead.py)
+
 __all__ = ["main"]
 
 SEED = 0
@@ -45,20 +44,6 @@ SKIP_BATCH = 100_000    # resume at the 100,000th batch of the epoch (skip the 9
 RESUME_BATCH_SIZE = 32
 TARGET_RESUME_S = 1.0   # issue target: fast-forward + first batch under 1 s
 MB = 1e6
-
-
-@contextlib.contextmanager
-def silenced() -> Any:
-    """Swallow the framework's prints and warnings (the work is still done)."""
-    sink = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        warnings.simplefilter("ignore")
-        previous = logging.root.manager.disable
-        logging.disable(logging.CRITICAL)
-        try:
-            yield
-        finally:
-            logging.disable(previous)
 
 
 def _iqr(values: list[float]) -> float:

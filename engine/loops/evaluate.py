@@ -16,6 +16,7 @@ from torch import Tensor
 from engine import events as ev
 from engine.bus import entered
 from engine.errors import MisconfigurationException
+from engine.loops.data import overridden
 from engine.machine import DONE, Machine
 from engine.results import ResultCollection
 from engine.state import Stage, Timestamp
@@ -65,7 +66,7 @@ def accepts_batch_idx(fn: Any) -> bool:
 def _overridden(module: Any, name: str) -> bool:
     from engine.module import LightningModule
 
-    return getattr(type(module), name, None) is not getattr(LightningModule, name, None)
+    return overridden(module, LightningModule, name)
 
 
 class EvalLoop:

@@ -10,15 +10,14 @@ with a module-level function, so a spawning strategy can start it in its workers
 from __future__ import annotations
 
 import math
-import os
 import sys
 import warnings
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from engine import checkpoint
+from engine import assembly, checkpoint
 from engine.bus import CALLBACK, Bus, Subscription
 from engine.config import TrainerConfig
 from engine.control import Control
@@ -72,18 +71,18 @@ class Trainer:
         self.strategy = select_strategy(s)
         rank_zero_only.rank = self.strategy.global_rank  # type: ignore[attr-defined]
         s.precision = resolve_precision(s.precision, self.strategy.root_device)
-        _set_torch_flags(s)
+        assembly.set_torch_flags(s)
         self.bus = Bus()
-        _configure_messages(s.log_format, self.strategy.global_rank)
-        callbacks, time_limit = _default_callbacks(s, self.config, list(s.callbacks))
+        assembly.configure_messages(s.log_format, self.strategy.global_rank)
+        callbacks, time_limit = assembly.default_callbacks(s, self.config, list(s.callbacks))
         if time_limit and self.config.max_epochs is None and self.config.max_steps == -1:
             s.max_epochs = -1  # a time limit replaces the 1000-epoch default, as in Lightning
             warn_default_epochs = False
         self.warn_default_epochs = warn_default_epochs
         self.ckpt_path: str | None = None  # the checkpoint the last run loaded (Lightning's trainer.ckpt_path)
-        self.profiler: Any = _build_profiler(s.profiler)
+        self.profiler: Any = assembly.build_profiler(s.profiler)
         self._rc = RunContext(self, self.config, s, self.strategy, self.bus, build_fit_machine(),
-                              build_eval_machine(), callbacks, _build_loggers(s), attach_callbacks=attach_run,
+                              build_eval_machine(), callbacks, assembly.build_loggers(s), attach_callbacks=attach_run,
                               fit_handlers=[lr_stepper_for, clipping_for], stage_handlers=[precision_for])
 
     # -- the run context and what the Trainer assembled -------------------------------------------------------------
@@ -217,7 +216,7 @@ class Trainer:
         model, datamodule = self._eval_inputs(stage, model, dataloaders, ckpt_path, datamodule, weights_only)
         results = self.strategy.launch(run_stage, self._rc, stage, model, self.profiler, True)
         if verbose and self.is_global_zero:
-            _print_results(stage, results)
+            assembly.print_results(stage, results)
         return results
 
     def _eval_inputs(self, stage: str, model: Any, dataloaders: Any, ckpt_path: Any, datamodule: Any,
@@ -487,110 +486,3 @@ class Trainer:
             raise MisconfigurationException("trainer.save_checkpoint(storage_options=...): only local paths are "
                                             "supported; leave storage_options None")
         self._rc.save_checkpoint(filepath, weights_only=bool(weights_only))
-
-
-# -- assembly -----------------------------------------------------------------------------------------------------------
-def _set_torch_flags(s: Any) -> None:
-    if s.deterministic:
-        if torch.cuda.is_available():
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=s.deterministic == "warn")
-    if s.benchmark is not None and torch.backends.cudnn.is_available():
-        torch.backends.cudnn.benchmark = s.benchmark
-
-
-def _default_callbacks(s: Any, config: TrainerConfig, callbacks: list[Any]) -> tuple[list[Any], bool]:
-    """Lightning appends its default callbacks after the user's: Timer (max_time), progress bar, model summary.
-    Returns the list and whether a Timer limits the run."""
-    from engine.log import log
-
-    timers = [c for c in callbacks if type(c).__name__ == "Timer"]
-    if s.max_time_seconds is not None:
-        if timers:
-            log.info("Ignoring `Trainer(max_time=...)`, callbacks list already contains a Timer.")
-        else:
-            from hooks.timer import Timer
-
-            timers = [Timer(duration=config.max_time, interval="step")]
-            callbacks.append(timers[0])
-    bars = [c for c in callbacks if _is_progress_bar(c)]
-    if not s.enable_progress_bar and bars:
-        raise MisconfigurationException(
-            f"Trainer(enable_progress_bar=False) but callbacks contains {type(bars[0]).__name__}; remove it or "
-            "set enable_progress_bar=True")
-    if s.enable_progress_bar and not bars:
-        from hooks.progress import TQDMProgressBar
-
-        callbacks.append(TQDMProgressBar())
-    if s.enable_model_summary and not any(type(c).__name__ in ("ModelSummary", "RichModelSummary")
-                                          for c in callbacks):
-        from hooks.model_summary import ModelSummary
-
-        callbacks.append(ModelSummary())
-    from hooks.checkpoint import ModelCheckpoint, OnExceptionCheckpoint
-
-    if config.enable_checkpointing is False and any(isinstance(c, ModelCheckpoint) for c in callbacks):
-        raise MisconfigurationException("Trainer was configured with `enable_checkpointing=False` but found "
-                                        "`ModelCheckpoint` in callbacks list; remove it or drop the flag")
-    if config.enable_checkpointing is not False and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
-        callbacks.append(ModelCheckpoint())  # under fast_dev_run it is there and saves nothing, as in Lightning
-    # Lightning runs the checkpoint callbacks last, after every other callback has seen the event
-    kinds = (ModelCheckpoint, OnExceptionCheckpoint)
-    return [c for c in callbacks if not isinstance(c, kinds)] + [c for c in callbacks if isinstance(c, kinds)], \
-        bool(timers)
-
-
-def _build_loggers(s: Any) -> list[Any]:
-    """logger=True/None: TensorBoard at default_root_dir (CSV without tensorboardX); False: none; else as given.
-    No logger under fast_dev_run, as in Lightning."""
-    flag = s.logger
-    if flag is False or s.fast_dev_run:
-        return []
-    if flag is True:
-        try:
-            import tensorboardX  # noqa: F401
-        except ImportError:
-            from hooks.csv_logger import CSVLogger
-
-            return [CSVLogger(save_dir=s.default_root_dir)]
-        from hooks.tensorboard import TensorBoardLogger
-
-        return [TensorBoardLogger(save_dir=s.default_root_dir)]
-    return list(flag) if isinstance(flag, (list, tuple)) else [flag]
-
-
-def _build_profiler(flag: Any) -> Any:
-    if flag is None:
-        return None
-    from hooks.profiler import resolve_profiler
-
-    return resolve_profiler(flag)
-
-
-def _is_progress_bar(cb: Any) -> bool:
-    return any(k.__name__ in ("TQDMProgressBar", "ProgressBar", "RichProgressBar") for k in type(cb).__mro__)
-
-
-def _configure_messages(log_format: str | None, rank: int) -> None:
-    from engine.log import configure
-
-    configure(log_format=log_format, rank=rank)
-
-
-def _print_results(stage: str, results: Iterable[dict[str, float]]) -> None:
-    """The table Lightning prints after validate/test: metric name and value per dataloader."""
-    results = list(results)
-    if not any(results):
-        return
-    title = {"validate": "Validate metric", "test": "Test metric"}.get(stage, stage)
-    for i, res in enumerate(results):
-        if not res:
-            continue
-        width = max(len(title), *(len(k) for k in res)) + 2
-        header = f"{title:<{width}}DataLoader {i}"
-        print("-" * len(header) + "-" * 10)
-        print(header)
-        print("-" * len(header) + "-" * 10)
-        for k, v in res.items():
-            print(f"{k:<{width}}{v:.6g}")
-        print("-" * len(header) + "-" * 10)

@@ -70,8 +70,8 @@ def test_the_facade_stays_small() -> None:
     assert len(TRAINER.read_text().splitlines()) <= 600
 
 
-# DESIGN §1: engine/ imports hooks/ and strategies/ only in the facade and in the Lightning-path re-export modules
-FACADES = {"engine/trainer.py", "engine/__init__.py", "engine/callbacks.py", "engine/profilers.py",
+# DESIGN §1: engine/ imports hooks/ and strategies/ only in the facade (trainer.py + assembly.py) and in the Lightning-path re-export modules
+FACADES = {"engine/trainer.py", "engine/assembly.py", "engine/__init__.py", "engine/callbacks.py", "engine/profilers.py",
            "engine/loggers/__init__.py", "engine/loggers/logger.py", "engine/loggers/tensorboard.py",
            "engine/loggers/csv_logs.py"}
 

@@ -8,9 +8,11 @@ from hooks.lr_monitor import LearningRateMonitor
 from hooks.model_summary import ModelSummary
 from hooks.progress import TQDMProgressBar
 from hooks.throughput import ThroughputMonitor
+from hooks.stochastic_weight_averaging import StochasticWeightAveraging
 from hooks.timer import Timer
 from hooks.weight_averaging import EMAWeightAveraging, WeightAveraging
 
-__all__ = ["Callback", "WeightAveraging", "EMAWeightAveraging", "GradientAccumulationScheduler", "EarlyStopping",
+__all__ = ["Callback", "WeightAveraging", "EMAWeightAveraging", "StochasticWeightAveraging",
+           "GradientAccumulationScheduler", "EarlyStopping",
            "ModelCheckpoint", "OnExceptionCheckpoint", "LearningRateMonitor", "ModelSummary", "TQDMProgressBar",
            "ThroughputMonitor", "Timer"]

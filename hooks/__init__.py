@@ -34,6 +34,7 @@ _EXPORTS = {
     "NonFiniteLoss": "hooks.nonfinite",
     "WeightAveraging": "hooks.weight_averaging",
     "EMAWeightAveraging": "hooks.weight_averaging",
+    "StochasticWeightAveraging": "hooks.stochastic_weight_averaging",
     "TruePrecision": "hooks.precision",
     "MixedPrecision": "hooks.precision",
     "ScaledMixedPrecision": "hooks.precision",

@@ -8,6 +8,9 @@
   callback_metrics.
 Each step goes through `LightningModule.lr_scheduler_step(scheduler, metric)`. The fit loop attaches it for a fit
 under automatic optimization only (manual optimization steps nothing), after every other listener of those events.
+It holds the live `trainer.lr_scheduler_configs` list and re-reads it at each epoch start, after the callbacks have
+seen EpochStarted: a callback may swap or add a scheduler there, as Lightning's StochasticWeightAveraging does (a
+callback that adds one to a fit without schedulers declares `adds_lr_schedulers = True`).
 """
 
 from __future__ import annotations
@@ -33,10 +36,20 @@ class LRSchedulerStepper:
 
     def __init__(self, configs: list["LRSchedulerConfig"], call: Callable[..., Any]) -> None:
         self.call = call
+        self.configs = configs
+        self._partition()
+
+    def _partition(self) -> None:
+        configs = self.configs
+        self._seen = tuple(map(id, configs))
         self.step_configs = [c for c in configs if c.interval == "step" and not c.reduce_on_plateau]
         self.epoch_configs = [c for c in configs if c.interval == "epoch" and not c.reduce_on_plateau]
         self.plateau_step = [c for c in configs if c.interval == "step" and c.reduce_on_plateau]
         self.plateau_epoch = [c for c in configs if c.interval == "epoch" and c.reduce_on_plateau]
+
+    def on_epoch_started(self, event: Any) -> None:
+        if tuple(map(id, self.configs)) != self._seen:
+            self._partition()
 
     def on_optimizer_stepped(self, event: "OptimizerStepped") -> None:
         batch_idx = event.timestamp.batch_in_epoch
@@ -77,9 +90,10 @@ class LRSchedulerStepper:
 
 
 def lr_stepper_for(run: Any) -> LRSchedulerStepper | None:
-    """The stepper for a fit (a `RunContext.fit_handlers` factory): only with schedulers, only under automatic
-    optimization."""
+    """The stepper for a fit (a `RunContext.fit_handlers` factory): under automatic optimization only, when there are
+    schedulers or a callback declares `adds_lr_schedulers = True` (it may add one at an epoch start)."""
     pipeline = run.pipeline
-    if not (pipeline.lr_scheduler_configs and pipeline.automatic):
+    if not pipeline.automatic or not (pipeline.lr_scheduler_configs
+                                      or any(getattr(cb, "adds_lr_schedulers", False) for cb in run.callbacks)):
         return None
     return LRSchedulerStepper(pipeline.lr_scheduler_configs, call=run.call_module)

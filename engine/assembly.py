@@ -28,7 +28,8 @@ def set_torch_flags(s: Any) -> None:
 
 
 def default_callbacks(s: Any, config: TrainerConfig, callbacks: list[Any]) -> tuple[list[Any], bool]:
-    """Lightning appends its default callbacks after the user's: Timer (max_time), progress bar, model summary.
+    """Lightning appends its default callbacks after the user's: Timer (max_time), progress bar, model summary;
+    then statetrain's non-finite loss check (`on_nonfinite_loss`) and the checkpoint callbacks, last.
     Returns the list and whether a Timer limits the run."""
     from engine.log import log
 
@@ -55,6 +56,10 @@ def default_callbacks(s: Any, config: TrainerConfig, callbacks: list[Any]) -> tu
         from hooks.model_summary import ModelSummary
 
         callbacks.append(ModelSummary())
+    from hooks.nonfinite import NonFiniteLoss
+
+    if s.on_nonfinite_loss is not None and not any(isinstance(c, NonFiniteLoss) for c in callbacks):
+        callbacks.append(NonFiniteLoss(s.on_nonfinite_loss))
     from hooks.checkpoint import ModelCheckpoint, OnExceptionCheckpoint
 
     if config.enable_checkpointing is False and any(isinstance(c, ModelCheckpoint) for c in callbacks):

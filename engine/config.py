@@ -285,6 +285,7 @@ class RunSettings:
     enable_progress_bar: bool = False
     profiler: Any = None
     log_format: str | None = None
+    on_nonfinite_loss: str | None = None
 
 
 # -------------------------------------------------------------------------------------------------------- the model
@@ -346,6 +347,8 @@ class TrainerConfig(BaseModel):
     suggest_integrations: bool = True
     # statetrain extension: framework messages as 'console' text or 'json' lines ('auto'/None: $STATETRAIN_LOG_FORMAT)
     log_format: str | None = None
+    # statetrain extension: a NaN/inf loss raises ('error'), skips the step ('skip'), warns ('warn'); None: no check
+    on_nonfinite_loss: str | None = "error"
 
     # ------------------------------------------------------------------------------------------ public API
     @classmethod
@@ -461,6 +464,7 @@ class TrainerConfig(BaseModel):
                 True if self.enable_progress_bar is None else self.enable_progress_bar),
             profiler=self.profiler,
             log_format=self.log_format,
+            on_nonfinite_loss=None if self.barebones else self.on_nonfinite_loss,
         )
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -710,6 +714,14 @@ class TrainerConfig(BaseModel):
         if value is None or isinstance(value, bool) or value == "warn":
             return value
         _fail("deterministic", value, "True, False, 'warn' or None", wrong_type=not isinstance(value, str))
+
+    @field_validator("on_nonfinite_loss", mode="before")
+    @classmethod
+    def _v_on_nonfinite_loss(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and value in ("error", "skip", "warn")):
+            return value
+        _fail("on_nonfinite_loss", value, "'error', 'skip', 'warn' or None (no check)",
+              wrong_type=not isinstance(value, str))
 
     @field_validator("log_format", mode="before")
     @classmethod

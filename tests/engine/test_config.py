@@ -75,7 +75,7 @@ def build(**kwargs):
 
 
 # ------------------------------------------------------------------------------------------------------ defaults
-EXTENSIONS = {"log_format": None}  # statetrain's documented additions to Lightning's flags
+EXTENSIONS = {"log_format": None, "on_nonfinite_loss": "error"}  # statetrain's documented additions to Lightning's flags
 
 
 def test_has_exactly_lightnings_42_flags_with_its_defaults():

@@ -52,3 +52,30 @@ def test_warn_goes_on(kit: Any) -> None:
 def test_a_bad_policy_is_refused() -> None:
     with pytest.raises(MisconfigurationException, match="expected one of"):
         NonFiniteLoss("ignore")
+
+
+def test_on_by_default_and_the_flag_sets_the_policy(kit: Any) -> None:
+    model = poisoned(kit, 1)
+    with pytest.raises(NonFiniteLossError, match=r"batch 1 \(global step 1\)"):
+        kit.trainer(**QUIET).fit(model, kit.loader(10, batch_size=2))
+    assert finite(model)
+    trainer = kit.trainer(on_nonfinite_loss="skip", **QUIET)
+    trainer.fit(model := poisoned(kit, 1), kit.loader(10, batch_size=2))
+    assert finite(model) and trainer.global_step == 4
+    assert [type(c).__name__ for c in trainer.callbacks].count("NonFiniteLoss") == 1
+
+
+def test_none_removes_the_check_and_a_given_handler_replaces_the_default(kit: Any) -> None:
+    model = poisoned(kit, 1)
+    trainer = kit.trainer(on_nonfinite_loss=None, **QUIET)
+    trainer.fit(model, kit.loader(10, batch_size=2))
+    assert not finite(model) and not any(isinstance(c, NonFiniteLoss) for c in trainer.callbacks)
+    mine = NonFiniteLoss("warn")
+    trainer = kit.trainer(callbacks=[mine], **QUIET)
+    assert [c for c in trainer.callbacks if isinstance(c, NonFiniteLoss)] == [mine]
+    assert not any(isinstance(c, NonFiniteLoss) for c in kit.trainer(barebones=True, max_epochs=1).callbacks)
+
+
+def test_a_bad_flag_value_names_the_accepted_ones(kit: Any) -> None:
+    with pytest.raises(MisconfigurationException, match=r"on_nonfinite_loss.*'error', 'skip', 'warn' or None"):
+        pl.Trainer(on_nonfinite_loss="ignore")

@@ -359,3 +359,57 @@ def test_the_gan_steps_its_two_schedulers_on_both_machines() -> None:
         assert [c.scheduler.last_epoch for c in trainer.lr_scheduler_configs] == [6, 6]
         assert [o.param_groups[0]["lr"] for o in trainer.optimizers] == [0.01, 0.01]  # halved once, at epoch 5
         assert trainer.global_step == 12  # two optimizer steps per batch (Lightning counts optimizer steps)
+
+
+# -- the GAN three ways: manual steps in states, two optimizer_step states, the stock fit machine ---------------
+def _hand_written_gan(epochs: int, batches: int) -> dict[str, torch.Tensor]:
+    """The same updates as a raw PyTorch loop: D (loss, zero_grad, backward, step), then G, per batch; both
+    StepLR schedulers stepped at each epoch end."""
+    torch.manual_seed(0)
+    model = gan_example.GAN()
+    (opt_d, opt_g), scheds = model.configure_optimizers()
+    for _ in range(epochs):
+        for i, (real,) in enumerate(gan_example.make_data(n=96)):
+            if i == batches:
+                break
+            for opt, loss_fn in ((opt_d, model.discriminator_loss), (opt_g, model.generator_loss)):
+                loss = _unlogged(loss_fn, real)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        for s in scheds:
+            s.step()
+    return model.state_dict()
+
+
+def _unlogged(loss_fn: Any, real: torch.Tensor) -> torch.Tensor:
+    import warnings
+
+    with warnings.catch_warnings():  # the module is not attached: its self.log calls warn and do nothing
+        warnings.simplefilter("ignore")
+        return loss_fn(real)
+
+
+@pytest.mark.parametrize("machine", ["gan", "gan_steps", "fit"])
+def test_the_gan_gives_the_hand_written_loops_weights_each_way(machine: str) -> None:
+    torch.manual_seed(0)
+    model = gan_example.GAN()
+    trainer = gan_example.build_trainer(machine, max_epochs=3, limit_train_batches=2)
+    befores: list[str] = []
+    trainer.on(pl.BeforeOptimizerStep)(
+        lambda e: befores.append("d" if e.optimizer is e.trainer.optimizers[0] else "g"))
+    backwards: list[int] = []
+    trainer.on(pl.BeforeBackward)(lambda e: backwards.append(e.timestamp.global_step))
+    trainer.fit(model, gan_example.make_data(n=96))
+    expected = _hand_written_gan(3, 2)
+    for k, v in expected.items():
+        assert torch.equal(model.state_dict()[k], v), (machine, k)
+    assert trainer.global_step == 12 and befores == ["d", "g"] * 6
+    assert backwards == list(range(12))  # every backward went through the engine's backward phase
+    assert {"d_loss", "g_loss"} <= set(trainer.callback_metrics)
+
+
+def test_the_two_optimizer_step_states_are_in_the_machine() -> None:
+    m = gan_example.build_gan_step_machine()
+    assert "d_optimizer_step --> g_optimizer_step" in m.to_mermaid()
+    assert_mermaid_has_every_edge(m)

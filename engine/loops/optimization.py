@@ -135,6 +135,8 @@ class StepPipeline:
         self.clip_hook = (overridden(module, LightningModule, "configure_gradient_clipping")
                           or overridden(module, LightningModule, "clip_gradients"))
         self.clip_on = self.automatic and bool(self.clip_hook or run.settings.gradient_clip_val)
+        # without an overridden hook, the Trainer's values (validated by the config) go straight to the provider
+        self.clip_args = (run.settings.gradient_clip_val, run.config.gradient_clip_algorithm or "norm")
         self.backward_overridden = overridden(module, LightningModule, "backward")
         self.version = -1
         self.refresh()
@@ -299,6 +301,9 @@ class StepPipeline:
         if hs:
             run.bus.call(hs, ev.BeforeOptimizerStep(run, run.progress.timestamp(), optimizer))
         if self.clip_on:  # the module's hook; its default clip_gradients calls the clip provider (`clip`)
+            if not self.clip_hook and self.provide_clip is not None:
+                self.provide_clip(optimizer, *self.clip_args)
+                return
             lopt = self.lightning_optimizers[0] if self.lightning_optimizers else optimizer
             run.call_module("configure_gradient_clipping", lopt, gradient_clip_val=run.settings.gradient_clip_val,
                             gradient_clip_algorithm=run.config.gradient_clip_algorithm)

@@ -404,7 +404,7 @@ def test_the_gan_gives_the_hand_written_loops_weights_each_way(machine: str) -> 
     expected = _hand_written_gan(3, 2)
     for k, v in expected.items():
         assert torch.equal(model.state_dict()[k], v), (machine, k)
-    assert trainer.global_step == 12 and befores == ["d", "g"] * 6
+    assert trainer.global_step == 12 and trainer.batches_stepped == 6 and befores == ["d", "g"] * 6
     assert backwards == list(range(12))  # every backward went through the engine's backward phase
     assert {"d_loss", "g_loss"} <= set(trainer.callback_metrics)
 

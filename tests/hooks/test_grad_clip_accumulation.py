@@ -198,3 +198,9 @@ def test_validation_inside_an_accumulation_window_keeps_its_gradients() -> None:
     trainer = pl.Trainer(max_epochs=2, accumulate_grad_batches=4, val_check_interval=3, **QUIET)
     trainer.fit(model, Once(batches()), Once(batches(2)))
     same(hand_loop(2, accumulate=4), model.state_dict())
+
+
+def test_the_per_batch_counts_beside_global_step() -> None:
+    """Lightning #17958: global_step counts optimizer steps; batches_stepped and batches_seen count batches."""
+    _, trainer = engine_run(1, accumulate_grad_batches=4)
+    assert (trainer.global_step, trainer.batches_stepped, trainer.timestamp.batches_seen) == (3, 3, 10)

@@ -704,3 +704,40 @@ def test_bit_identity_model_back_in_train_mode_after_validation() -> None:
                                                         DataLoader(data, batch_size=4))
     assert modes == [True] * 4 and model.training
     assert not math.isnan(float(model.losses[-1]))
+
+
+def test_reduce_lr_on_plateau_on_a_real_validation_metric_equals_the_hand_loop() -> None:
+    """Per epoch, on the mean validation loss: the same weights (torch.equal) and LRs as a raw loop."""
+
+    class RealPlateau(Plateau):
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", nn.functional.mse_loss(self.layer(batch[0]), batch[1]))
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.5)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": ReduceLROnPlateau(opt, patience=1, factor=0.3),
+                                                       "monitor": "val_loss"}}
+
+    train, val = regression(2 * BATCHES, seed=5), regression(10, seed=6)
+    torch.manual_seed(0)
+    model = RealPlateau()
+    quiet_trainer(max_epochs=6, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False).fit(model, DataLoader(train, batch_size=2),
+                                                 DataLoader(val, batch_size=5))
+    torch.manual_seed(0)
+    layer = nn.Linear(4, 1)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    sched = ReduceLROnPlateau(opt, patience=1, factor=0.3)
+    lrs = []
+    for _ in range(6):
+        for x, y in DataLoader(train, batch_size=2):
+            loss = nn.functional.mse_loss(layer(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            lrs.append(opt.param_groups[0]["lr"])
+        with torch.no_grad():  # Lightning's epoch mean of the logged values, weighted by batch size
+            losses = [nn.functional.mse_loss(layer(x), y) for x, y in DataLoader(val, batch_size=5)]
+        sched.step(torch.stack(losses).mean())
+    assert model.lrs == lrs and len(set(lrs)) > 1  # the LR was reduced at least once
+    assert same_weights(model.layer, layer)

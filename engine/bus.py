@@ -52,6 +52,8 @@ def entered(wraps: tuple[Wrapper, ...] | None, context: Any = None) -> AbstractC
     no-op when there are none."""
     if not wraps:
         return _NULL
+    if len(wraps) == 1:  # the common case (one precision handler, one no_sync): no ExitStack per step
+        return wraps[0](context)
     stack = ExitStack()
     for w in wraps:
         stack.enter_context(w(context))

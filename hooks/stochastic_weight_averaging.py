@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import SWALR
 
-from engine.errors import MisconfigurationException
+from engine.errors import MisconfigurationException, user_stacklevel
 from hooks.callback import Callback
 
 __all__ = ["StochasticWeightAveraging"]
@@ -35,13 +35,14 @@ class StochasticWeightAveraging(Callback):
     """`StochasticWeightAveraging(swa_lrs=1e-2)`; `swa_epoch_start` is a 1-based epoch (int) or a fraction of
     `max_epochs` (float); `annealing_epochs`/`annealing_strategy` go to SWALR; `avg_fn(avg, new, n)` replaces the
     equal-weight average; `device` holds the averaged copy (None: the module's device). One optimizer, at most one
-    scheduler."""
+    scheduler. `validate_with_average=True` (a statetrain extension) runs validation on the averaged weights once
+    averaging has begun, swapping them back for training afterwards."""
 
     adds_lr_schedulers = True  # SWALR is added at the SWA start even when configure_optimizers returned none
 
     def __init__(self, swa_lrs: float | list[float], swa_epoch_start: int | float = 0.8, annealing_epochs: int = 10,
                  annealing_strategy: str = "cos", avg_fn: AvgFn | None = None,
-                 device: torch.device | str | None = torch.device("cpu")) -> None:
+                 device: torch.device | str | None = torch.device("cpu"), validate_with_average: bool = False) -> None:
         if isinstance(swa_epoch_start, bool) or not isinstance(swa_epoch_start, (int, float)) or (
                 isinstance(swa_epoch_start, int) and swa_epoch_start < 1) or (
                 isinstance(swa_epoch_start, float) and not 0 <= swa_epoch_start <= 1):
@@ -63,6 +64,7 @@ class StochasticWeightAveraging(Callback):
             raise MisconfigurationException(
                 f"StochasticWeightAveraging(device={device!r}): expected a torch.device, a str or None")
         self._swa_epoch_start = swa_epoch_start
+        self.validate_with_average = validate_with_average
         self._swa_lrs = swa_lrs
         self._annealing_epochs = annealing_epochs
         self._annealing_strategy = annealing_strategy
@@ -174,14 +176,14 @@ class StochasticWeightAveraging(Callback):
             self._swa_scheduler.load_state_dict(self._scheduler_state)
         elif trainer.current_epoch != self.swa_start:
             warnings.warn("StochasticWeightAveraging starts after swa_epoch_start without a checkpointed SWA state; "
-                          "the average starts from the current weights", UserWarning, stacklevel=2)
+                          "the average starts from the current weights", UserWarning, stacklevel=user_stacklevel())
         config = LRSchedulerConfig(self._swa_scheduler)
         configs = trainer.lr_scheduler_configs
         if configs:
             old = configs[0]
             if old.interval != "epoch" or old.frequency != 1:
                 warnings.warn(f"StochasticWeightAveraging steps its scheduler every epoch; the configured scheduler "
-                              f"stepped every {old.frequency} {old.interval}(s)", UserWarning, stacklevel=2)
+                              f"stepped every {old.frequency} {old.interval}(s)", UserWarning, stacklevel=user_stacklevel())
             from engine.log import log
 
             log.info(f"Swapping scheduler `{type(old.scheduler).__name__}` for `SWALR`")
@@ -190,6 +192,23 @@ class StochasticWeightAveraging(Callback):
             configs.append(config)
         if self.n_averaged is None:
             self.n_averaged = torch.tensor(self._init_n_averaged, dtype=torch.long, device=pl_module.device)
+
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.validate_with_average and self._averaging(trainer):
+            self._swap(pl_module)
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.validate_with_average and self._averaging(trainer):
+            self._swap(pl_module)
+
+    def _averaging(self, trainer: Any) -> bool:
+        return not trainer.sanity_checking and self.n_averaged is not None and int(self.n_averaged) > 0
+
+    def _swap(self, pl_module: nn.Module) -> None:
+        for p_avg, p in zip(self._average_model.parameters(), pl_module.parameters()):
+            kept = p.detach().clone()
+            p.detach().copy_(p_avg.detach().to(p.device))
+            p_avg.detach().copy_(kept.to(p_avg.device))
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         # current_epoch is one past the last trained epoch here

@@ -59,6 +59,7 @@ def hand(batch_norm: bool, scheduler: bool, swa_start: int, swa_lr: float = 0.05
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sched: Any = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5) if scheduler else None
     n, lrs = 0, []
+    at_val: list[torch.Tensor] = []
     for epoch in range(EPOCHS):
         if epoch == swa_start:
             for g in opt.param_groups:
@@ -77,6 +78,9 @@ def hand(batch_norm: bool, scheduler: bool, swa_start: int, swa_lr: float = 0.05
             opt.step()
         if sched is not None:
             sched.step()
+        if n:
+            at_val.append(average.net[0].weight.detach().clone())
+    hand.at_val = at_val  # type: ignore[attr-defined]
     for p_avg, p in zip(average.parameters(), model.parameters()):
         p.detach().copy_(p_avg)
     if batch_norm:
@@ -103,6 +107,29 @@ def test_swa_matches_the_hand_written_loop(tmp_path: Path, batch_norm: bool, sch
     assert model.lrs == lrs
     assert trainer.current_epoch == EPOCHS and trainer.global_step == EPOCHS * 6  # the BN pass counts nothing
     assert isinstance(trainer.lr_scheduler_configs[0].scheduler, SWALR)
+
+
+def test_validation_on_the_averaged_weights_when_asked(tmp_path: Path) -> None:
+    class Watched(Net):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[torch.Tensor] = []
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            if batch_idx == 0:
+                self.seen.append(self.net[0].weight.detach().clone())
+
+    model = Watched()
+    trainer = pl.Trainer(max_epochs=EPOCHS, callbacks=[StochasticWeightAveraging(
+        swa_lrs=0.05, swa_epoch_start=3, validate_with_average=True)], default_root_dir=tmp_path,
+        **{**QUIET, "num_sanity_val_steps": 1})
+    trainer.fit(model, loader(), loader())
+    expected, _ = hand(False, False, swa_start=2)
+    seen = model.seen[1:]  # after the sanity check: one validation per epoch
+    assert len(seen) == EPOCHS and len(hand.at_val) == 3
+    assert all(torch.equal(a, b) for a, b in zip(seen[2:], hand.at_val))
+    for k, v in expected.items():  # training went on with the trained weights
+        assert torch.equal(model.state_dict()[k], v), k
 
 
 def test_float_start_is_a_fraction_of_max_epochs(tmp_path: Path) -> None:

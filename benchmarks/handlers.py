@@ -114,16 +114,19 @@ def main(argv: list[str] | None = None) -> None:
                 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                     times.setdefault(key, []).append(fn())
             print(f"  round {r + 1}/{rounds} done", file=sys.stderr)
-    med = {k: statistics.median(v) * 1e6 for k, v in times.items()}
-    base = med[("plain", "statetrain")] - med[("plain", "hand")]
-    print(f"{len(data)} steps per fit, {rounds} interleaved rounds, medians (µs per step)")
-    print(f"{'feature':<16}{'hand loop':>11}{'statetrain':>12}{'over hand':>11}{'handler cost':>14}")
-    for f in FEATURES:
-        h, s = med[(f, "hand")], med[(f, "statetrain")]
-        cost = (s - h) - base
-        verdict = "" if f == "plain" else ("PASS" if cost <= 10 else "MISS")
-        extra = "(base)" if f == "plain" else f"{cost:+.1f}"
-        print(f"{f:<16}{h:>11.1f}{s:>12.1f}{s - h:>+11.1f}{extra:>14}  {verdict}")
+    print(f"{len(data)} steps per fit, {rounds} interleaved rounds (µs per step)")
+    # the minimum is the figure least disturbed by other load on the machine; the median is shown beside it
+    for label, stat in (("minimum", min), ("median", statistics.median)):
+        fig = {k: stat(v) * 1e6 for k, v in times.items()}
+        base = fig[("plain", "statetrain")] - fig[("plain", "hand")]
+        print(f"-- {label} of the rounds")
+        print(f"{'feature':<16}{'hand loop':>11}{'statetrain':>12}{'over hand':>11}{'handler cost':>14}")
+        for f in FEATURES:
+            h, s = fig[(f, "hand")], fig[(f, "statetrain")]
+            cost = (s - h) - base
+            verdict = "" if f == "plain" else ("PASS" if cost <= 10 else "MISS")
+            extra = "(base)" if f == "plain" else f"{cost:+.1f}"
+            print(f"{f:<16}{h:>11.1f}{s:>12.1f}{s - h:>+11.1f}{extra:>14}  {verdict}")
     print("handler cost = (statetrain - hand) with the feature, minus the same for the plain fit; target <= 10 µs")
 
 

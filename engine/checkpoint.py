@@ -17,11 +17,14 @@ One dict, Lightning's keys where they exist, so a statetrain checkpoint loads in
 
 Everything is tensors and plain Python types: `torch.load(weights_only=True)` reads it, and so do we. Writes go to a
 temporary file in the target's directory, are flushed and fsync'ed, then renamed over the target: a crash at any
-moment leaves the old file or the new one, never half of one.
+moment leaves the old file or the new one, never half of one; the file gets the mode `open()` would give it (0644
+under the usual umask). A path may be an fsspec URL (`memory://`, `s3://`, ...; `file://` is local): the checkpoint
+is serialised in memory and written with the backend's atomic write (`engine.utilities.cloud_io`).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
@@ -33,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, user_stacklevel
+from engine.utilities import cloud_io
 
 if TYPE_CHECKING:  # pragma: no cover
     from engine.loops.context import RunContext
@@ -116,7 +120,7 @@ def plain_hparams(hparams: Any, owner: str) -> dict[str, Any]:
         warnings.warn(f"{owner}: hyperparameters {', '.join(dropped)} are not plain data (str, numbers, bool, None, "
                       "tensors, lists/dicts of them) and are not saved in the checkpoint (loading them would need "
                       "pickle); pass them again to load_from_checkpoint(..., name=value), or leave them out with "
-                      "save_hyperparameters(ignore=[...])", UserWarning, stacklevel=3)
+                      "save_hyperparameters(ignore=[...])", UserWarning, stacklevel=user_stacklevel())
     return out
 
 
@@ -132,12 +136,16 @@ def safe_globals() -> list[Any]:
 
 
 # -- I/O ------------------------------------------------------------------------------------------------------------
-def save(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write `checkpoint` to `path` atomically (temporary file in the same directory, fsync, rename)."""
-    target = Path(path)
+def save(checkpoint: dict[str, Any], path: str | os.PathLike) -> Any:
+    """Write `checkpoint` to `path` atomically (temporary file in the same directory, fsync, rename); returns the
+    path (a Path, or the URL string for an fsspec URL)."""
+    if cloud_io.is_remote(path):
+        return _save_remote(checkpoint, cloud_io.normalize(path))
+    target = Path(cloud_io.normalize(path))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.fchmod(fd, cloud_io.default_file_mode())  # not mkstemp's 0600: the file a plain open() would make
     except OSError as exc:
         raise CheckpointError(f"cannot write the checkpoint {target}: {exc.strerror or exc} (the directory "
                               f"{target.parent} is not writable?)") from exc
@@ -160,6 +168,20 @@ def save(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path:
     return target
 
 
+def _save_remote(checkpoint: dict[str, Any], url: str) -> str:
+    buf = io.BytesIO()
+    torch.save(checkpoint, buf)
+    parent = url.rstrip("/").rpartition("/")[0]
+    try:
+        if parent and not parent.endswith(":/"):
+            cloud_io.makedirs(parent)
+        cloud_io.atomic_write(url, buf.getvalue())
+    except OSError as exc:
+        raise CheckpointError(f"cannot write the checkpoint {url}: {exc}; the previous file (if any) is "
+                              "untouched") from exc
+    return url
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -174,14 +196,30 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def load(path: str | os.PathLike, map_location: Any = None, weights_only: bool = True) -> dict[str, Any]:
-    """Read a checkpoint safely (no pickle unless `weights_only=False` is asked for) and migrate it."""
-    source = Path(path)
+    """Read a checkpoint safely (no pickle unless `weights_only=False` is asked for) and migrate it; `path` may be
+    an fsspec URL."""
+    source: Any
+    if cloud_io.is_remote(path):
+        url = cloud_io.normalize(path)
+        if not cloud_io.isfile(url):
+            raise CheckpointError(f"checkpoint {url} does not exist"
+                                  + (" (it is a directory)" if cloud_io.isdir(url) else ""))
+        data = io.BytesIO(cloud_io.read_bytes(url))
+        return _load_from(data, url, map_location, weights_only)
+    source = Path(cloud_io.normalize(path))
     if not source.is_file():
         raise CheckpointError(f"checkpoint {source} does not exist" + (" (it is a directory)" if source.is_dir()
                                                                         else ""))
+    return _load_from(source, source, map_location, weights_only)
+
+
+def _load_from(source: Any, name: Any, map_location: Any, weights_only: bool) -> dict[str, Any]:
+    """torch.load of a checked file or buffer, with errors that name the checkpoint `name`."""
     if not zipfile.is_zipfile(source):
-        raise CheckpointError(f"checkpoint {source} is truncated or corrupt (not a torch zip archive); use an "
+        raise CheckpointError(f"checkpoint {name} is truncated or corrupt (not a torch zip archive); use an "
                               "earlier checkpoint")
+    if isinstance(source, io.BytesIO):
+        source.seek(0)  # is_zipfile read the end of the buffer
     try:
         if weights_only:
             with torch.serialization.safe_globals(safe_globals()):
@@ -192,16 +230,16 @@ def load(path: str | os.PathLike, map_location: Any = None, weights_only: bool =
         text = str(exc)
         if "Weights only load failed" in text or "weights_only" in text:
             raise CheckpointError(
-                f"checkpoint {source} needs pickle to load: it contains {_unsafe_global(text)}, and unpickling can "
+                f"checkpoint {name} needs pickle to load: it contains {_unsafe_global(text)}, and unpickling can "
                 "run arbitrary code. If you trust the file (you wrote it), pass weights_only=False") from exc
-        raise CheckpointError(f"checkpoint {source} is corrupt: {text}") from exc
+        raise CheckpointError(f"checkpoint {name} is corrupt: {text}") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise CheckpointError(f"checkpoint {source} is truncated or corrupt ({type(exc).__name__}: "
+        raise CheckpointError(f"checkpoint {name} is truncated or corrupt ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); use an earlier "
                               "checkpoint") from exc
     if not isinstance(ckpt, dict):
-        raise CheckpointError(f"checkpoint {source} holds a {type(ckpt).__name__}, not a checkpoint dict")
-    return migrate(ckpt, source)
+        raise CheckpointError(f"checkpoint {name} holds a {type(ckpt).__name__}, not a checkpoint dict")
+    return migrate(ckpt, name)
 
 
 def _unsafe_global(text: str) -> str:

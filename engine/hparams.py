@@ -18,6 +18,8 @@ from typing import Any
 
 from torch import nn
 
+from engine.errors import user_stacklevel
+
 __all__ = ["AttributeDict", "HyperparametersMixin"]
 
 _PRIMITIVE_TYPES = (bool, int, float, str)
@@ -134,7 +136,7 @@ class HyperparametersMixin:
                     f"Attribute {key!r} is an instance of `nn.Module` and is already saved during checkpointing. "
                     f"It is recommended to ignore it with `self.save_hyperparameters(ignore=[{key!r}])`.",
                     UserWarning,
-                    stacklevel=2,
+                    stacklevel=user_stacklevel(),
                 )
         # frozen snapshot: later edits to `self.hparams` do not show up here
         self._hparams_initial = copy.deepcopy(self._hparams)

@@ -9,19 +9,28 @@ STATETRAIN_LOG_ALL_RANKS=1 (let ranks != 0 speak too; DEBUG does as well) — th
 `log` is one stable object whose level methods are swapped on (re)configuration: a call below the level, or on a
 silent rank, is a no-op function call (about 0.1 µs). structlog is imported on the first message or `configure()`,
 not with `import engine`. Metrics never come here (they go to loggers); Python warnings stay `warnings.warn`.
+
+structlog sits on top of the standard library: every message becomes a `logging.LogRecord` of the `engine` logger
+(`record.getMessage()` is the rendered line, `record.event_dict` the structured keys), so `logging` configuration,
+`caplog` and any handler a user adds see it. The `engine` logger carries one console handler that writes the line to
+the configured stream (default: the current sys.stderr), except when the program gave the root logger handlers of
+its own (`logging.basicConfig(...)`): then those print it, once. `logging.getLogger("engine").setLevel(...)` set by
+the user is respected by later `configure()` calls.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 from typing import IO, Any, Callable, Iterator
 
 from engine.errors import MisconfigurationException
 
-__all__ = ["log", "MessageLog", "configure", "reset", "capture_logs", "env_rank", "FORMATS", "LEVELS"]
+__all__ = ["log", "MessageLog", "configure", "reset", "capture_logs", "env_rank", "FORMATS", "LEVELS", "LOGGER_NAME",
+           "log_lines"]
 
 FORMATS = ("console", "json")
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
@@ -29,6 +38,7 @@ _METHOD_LEVEL = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40
                  "critical": 50, "fatal": 50}
 _RANK_ENV = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")  # Lightning's rank_zero_only order
 _JSON_HEAD = ("event", "level", "timestamp", "logger", "rank")
+LOGGER_NAME = "engine"  # the standard-library logger every framework message is a record of
 
 
 def _nop(*args: Any, **kwargs: Any) -> None:
@@ -83,23 +93,93 @@ _explicit: dict[str, Any] = {}  # settings given as arguments to configure(); th
 _state: dict[str, Any] = {"configured": False, "sinks": []}  # sinks: active capture_logs() blocks, innermost last
 
 
-class _StreamLogger:
-    """structlog's final logger: writes one rendered line; `stream=None` means the current `sys.stderr`."""
+class _ConsoleHandler(logging.Handler):
+    """The `engine` logger's own output: the rendered line on the configured stream (None: the current sys.stderr).
 
-    __slots__ = ("stream",)
+    Without an explicit stream it stays quiet when the root logger has handlers the program installed (they print
+    the record); pytest's capture handlers do not count, so `capsys` and `caplog` both see messages in tests."""
 
-    def __init__(self, stream: IO[str] | None) -> None:
-        self.stream = stream
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.stream: IO[str] | None = None
 
-    def msg(self, message: str) -> None:
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream is None and _root_prints():
+            return
         stream = self.stream if self.stream is not None else sys.stderr
         try:
-            stream.write(message + "\n")
+            stream.write(record.getMessage() + "\n")
             stream.flush()
         except (OSError, ValueError):  # closed stream (interpreter exit, broken pipe): never break training
             pass
 
-    debug = info = warning = warn = error = exception = critical = fatal = log = msg
+
+def _root_prints() -> bool:
+    return any(not type(h).__module__.startswith("_pytest") for h in logging.getLogger().handlers)
+
+
+class _StdlibLogger:
+    """structlog's final logger: hands the rendered line (and the event dict) to the `engine` stdlib logger."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def _emit(level: int, message: str, event_dict: dict | None = None) -> None:
+        logger = logging.getLogger(LOGGER_NAME)
+        if logger.isEnabledFor(level):
+            # The record's file and line are the code that called `log.info(...)`, past this module and structlog.
+            frame, stacklevel = sys._getframe(0), 1
+            while frame.f_back is not None and (frame.f_code.co_filename == __file__
+                                                or "structlog" in frame.f_code.co_filename):
+                frame, stacklevel = frame.f_back, stacklevel + 1
+            logger.log(level, "%s", message, extra={"event_dict": event_dict or {}}, stacklevel=stacklevel)
+
+    def debug(self, message: str, event_dict: dict | None = None) -> None:
+        self._emit(10, message, event_dict)
+
+    def info(self, message: str, event_dict: dict | None = None) -> None:
+        self._emit(20, message, event_dict)
+
+    def warning(self, message: str, event_dict: dict | None = None) -> None:
+        self._emit(30, message, event_dict)
+
+    def error(self, message: str, event_dict: dict | None = None) -> None:
+        self._emit(40, message, event_dict)
+
+    def critical(self, message: str, event_dict: dict | None = None) -> None:
+        self._emit(50, message, event_dict)
+
+    warn = warning
+    exception = error
+    fatal = critical
+    msg = log = info
+
+
+def _to_stdlib(render: Callable[[Any, str, dict], str]) -> Callable[[Any, str, dict], tuple]:
+    """The last processor: the rendered line plus a copy of the keys, as the final logger's arguments."""
+    def processor(logger: Any, method: str, event_dict: dict) -> tuple:
+        keys = dict(event_dict)
+        return (render(logger, method, event_dict), keys), {}
+    return processor
+
+
+def _setup_stdlib(level: int, stream: IO[str] | None) -> None:
+    """The `engine` logger: its console handler (once), the stream, and our level unless the user set another."""
+    logger = logging.getLogger(LOGGER_NAME)
+    handler = _state.get("handler")
+    if handler is None:
+        handler = _state["handler"] = _ConsoleHandler()
+    if handler not in logger.handlers:
+        logger.addHandler(handler)
+    handler.stream = stream
+    if logger.level in (logging.NOTSET, _state.get("stdlib_level")):
+        logger.setLevel(level)
+        _state["stdlib_level"] = level
+
+
+# At import, as Lightning does for its logger: records of the `engine` hierarchy (rank_zero_info, ...) show at INFO
+# even before the first Trainer configures the message log.
+_setup_stdlib(LEVELS["INFO"], None)
 
 
 def _parse_level(level: str | int, source: str) -> int:
@@ -176,9 +256,10 @@ def _build_bound(fmt: str, level: int, rank: int, stream: IO[str] | None) -> Any
     if sink is not None:
         processors.append(sink)
     else:
-        processors.append(_render_json if fmt == "json" else _render_console)
+        processors.append(_to_stdlib(_render_json if fmt == "json" else _render_console))
+    _setup_stdlib(level, stream)
     return structlog.wrap_logger(
-        _StreamLogger(stream), processors=processors, context_class=dict,
+        _StdlibLogger(), processors=processors, context_class=dict,
         wrapper_class=structlog.make_filtering_bound_logger(level),
     ).bind(logger="statetrain", rank=rank)
 
@@ -219,6 +300,12 @@ def configure(log_format: str | None = None, level: str | int | None = None, ran
     log.format, log.level, log.rank, log.silent = fmt, lvl, rnk, silent
     _install(None if silent else _build_bound(fmt, lvl, rnk, _explicit.get("stream")), lvl)
     _state["configured"] = True
+
+
+def log_lines(lines: list[str]) -> None:
+    """INFO messages, one per line (Lightning's informational lines); nothing at all for an empty list."""
+    for line in lines:
+        log.info(line)
 
 
 def reset() -> None:

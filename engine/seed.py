@@ -8,19 +8,24 @@ import warnings
 
 import torch
 
+from engine.errors import user_stacklevel
+
 __all__ = ["seed_everything", "worker_init_function", "collect_rng_states", "set_rng_states"]
 
 _MAX, _MIN = 2**32 - 1, 0
 
 
-def seed_everything(seed: int | None = None, workers: bool = False) -> int:
-    """Seed every RNG and export PL_GLOBAL_SEED (and PL_SEED_WORKERS=1 with workers=True); returns the seed."""
+def seed_everything(seed: int | None = None, workers: bool = False, verbose: bool = True) -> int:
+    """Seed every RNG and export PL_GLOBAL_SEED (and PL_SEED_WORKERS=1 with workers=True); returns the seed.
+
+    With `verbose` it says "Seed set to N" (an INFO record of the `engine` logger), as Lightning does."""
     if seed is None:
         env = os.environ.get("PL_GLOBAL_SEED")
         if env is None:
             seed = 0
-            warnings.warn("seed_everything(None): no seed given and PL_GLOBAL_SEED is not set; using seed 0",
-                          stacklevel=2)
+            if verbose:
+                warnings.warn("No seed found, seed set to 0 (seed_everything(None) with PL_GLOBAL_SEED unset: "
+                              "using seed 0)", stacklevel=user_stacklevel())
         else:
             try:
                 seed = int(env)
@@ -33,6 +38,10 @@ def seed_everything(seed: int | None = None, workers: bool = False) -> int:
             raise TypeError(f"seed_everything(seed={seed!r}): expected an int in [0, 2**32 - 1]") from None
     if not (_MIN <= seed <= _MAX):
         raise ValueError(f"seed_everything(seed={seed}): out of bounds; NumPy accepts seeds in [0, {_MAX}]")
+    if verbose:
+        from engine.log import log
+
+        log.info(f"Seed set to {seed}")
     os.environ["PL_GLOBAL_SEED"] = str(seed)
     os.environ["PL_SEED_WORKERS"] = f"{int(workers)}"
     random.seed(seed)

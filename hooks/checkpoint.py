@@ -27,6 +27,7 @@ from torch import Tensor
 
 from engine.errors import MisconfigurationException
 from engine.log import log
+from engine.utilities import cloud_io
 from engine.utilities.rank_zero import rank_zero_warn
 from hooks.callback import Callback
 
@@ -71,7 +72,7 @@ class ModelCheckpoint(Callback):
         if save_last not in (None, True, False, "link"):
             raise MisconfigurationException(f"ModelCheckpoint(save_last={save_last!r}): expected True, False, "
                                             "None or 'link'")
-        self.dirpath: str | None = os.path.realpath(os.path.expanduser(os.fspath(dirpath))) if dirpath else None
+        self.dirpath: str | None = _dir(dirpath) if dirpath else None
         self.filename = filename
         self.monitor = monitor
         self.verbose = verbose
@@ -142,8 +143,9 @@ class ModelCheckpoint(Callback):
         import yaml
 
         best = {k: v.item() for k, v in self.best_k_models.items()}
-        target = Path(filepath) if filepath is not None else Path(self.dirpath or ".") / "best_k_models.yaml"
-        target.write_text(yaml.dump(best))
+        target = (cloud_io.normalize(filepath) if filepath is not None
+                  else cloud_io.join(self.dirpath or ".", "best_k_models.yaml"))
+        cloud_io.atomic_write(target, yaml.dump(best).encode("utf-8"))
 
     # -- hooks ------------------------------------------------------------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -151,7 +153,7 @@ class ModelCheckpoint(Callback):
             self.dirpath = self._resolve_dirpath(trainer)
         if stage == "fit":
             self._val_has_run = False
-            if self.save_top_k != 0 and os.path.isdir(self.dirpath) and os.listdir(self.dirpath):
+            if self.save_top_k != 0 and cloud_io.isdir(self.dirpath) and cloud_io.listdir(self.dirpath):
                 rank_zero_warn(f"Checkpoint directory {self.dirpath} exists and is not empty.")
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -345,7 +347,8 @@ class ModelCheckpoint(Callback):
             return
         filepath = self._free_name(candidates, keep=self.last_model_path, name=self.CHECKPOINT_NAME_LAST)
         previous, self.last_model_path = self.last_model_path, filepath
-        if self.save_last == "link" and self._last_checkpoint_saved and self.save_top_k != 0:
+        if self.save_last == "link" and self._last_checkpoint_saved and self.save_top_k != 0 \
+                and not cloud_io.is_remote(filepath):  # no links in fsspec stores: a full copy there
             target = self._last_checkpoint_saved
             if os.path.abspath(target) != os.path.abspath(filepath):  # never a link to itself
                 self._at_boundary(trainer, lambda: _link(target, filepath), now)
@@ -404,6 +407,11 @@ class ModelCheckpoint(Callback):
         nor a file outside our directory."""
         if not previous or previous == current:
             return
+        if cloud_io.is_remote(previous):
+            if (self.dirpath and previous.startswith(self.dirpath.rstrip("/") + "/") and previous != trainer.ckpt_path
+                    and cloud_io.exists(previous)):
+                cloud_io.remove(previous)
+            return
         path = Path(previous).absolute()  # not resolve(): a last.ckpt link is removed itself, not its target
         resumed = trainer.ckpt_path
         if resumed and Path(resumed).absolute() == path:
@@ -419,15 +427,15 @@ class ModelCheckpoint(Callback):
             save_dir = getattr(lg, "save_dir", None) or trainer.default_root_dir
             version = lg.version
             version = version if isinstance(version, str) else f"version_{version}"
-            return os.path.join(os.fspath(save_dir), str(lg.name), version, "checkpoints")
-        return os.path.join(os.fspath(trainer.default_root_dir), "checkpoints")
+            return cloud_io.join(os.fspath(save_dir), str(lg.name), version, "checkpoints")
+        return cloud_io.join(os.fspath(trainer.default_root_dir), "checkpoints")
 
     def _free_name(self, candidates: dict[str, Any], keep: str, name: str | None = None) -> str:
         """The formatted file name, with -v1, -v2... while another file has it (unless it is `keep`)."""
         filepath = self.format_checkpoint_name(candidates, name)
         if self._enable_version_counter:
             version = self.STARTING_VERSION
-            while os.path.exists(filepath) and filepath != keep:
+            while cloud_io.exists(filepath) and filepath != keep:
                 filepath = self.format_checkpoint_name(candidates, name, ver=version)
                 version += 1
         return filepath
@@ -440,7 +448,7 @@ class ModelCheckpoint(Callback):
         if ver is not None:
             name = f"{name}{self.CHECKPOINT_JOIN_CHAR}v{ver}"
         name += self.FILE_EXTENSION
-        return os.path.join(self.dirpath, name) if self.dirpath else name
+        return cloud_io.join(self.dirpath, name) if self.dirpath else name
 
     @classmethod
     def _format_name(cls, template: str | None, metrics: dict[str, Any], prefix: str = "",
@@ -472,14 +480,14 @@ class OnExceptionCheckpoint(Callback):
     def __init__(self, dirpath: str | os.PathLike, filename: str = "on_exception") -> None:
         if not filename:
             raise ValueError("OnExceptionCheckpoint(filename=''): the filename cannot be empty")
-        self.dirpath = os.fspath(dirpath)
+        self.dirpath = cloud_io.normalize(dirpath)
         self.filename = filename
         self.best_model_path = ""
         self.last_model_path = ""
 
     @property
     def ckpt_path(self) -> str:
-        return os.path.join(self.dirpath, self.filename + self.FILE_EXTENSION)
+        return cloud_io.join(self.dirpath, self.filename + self.FILE_EXTENSION)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         trainer.save_checkpoint(self.ckpt_path)
@@ -487,9 +495,17 @@ class OnExceptionCheckpoint(Callback):
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """A run that ends normally removes the file (as Lightning does): it only stands for a failed run."""
-        if os.path.lexists(self.ckpt_path):
-            os.remove(self.ckpt_path)
+        path = self.ckpt_path
+        present = cloud_io.exists(path) if cloud_io.is_remote(path) else os.path.lexists(path)
+        if present:
+            cloud_io.remove(path)
         self.last_model_path = ""
+
+
+def _dir(dirpath: str | os.PathLike) -> str:
+    """A local dirpath made absolute and real (Lightning's realpath); an fsspec URL as given."""
+    path = cloud_io.normalize(dirpath)
+    return path if cloud_io.is_remote(path) else os.path.realpath(path)
 
 
 def _total(num_batches: Any) -> float:

@@ -1,6 +1,9 @@
 """The `Logger` base class (Lightning's API) and what the file loggers share: versioned run directories, params
 flattening and sanitizing, atomic file writes, and the write-failure guard that keeps a full disk from ever
-stopping training (the first OSError is reported once, the logger goes quiet, `logger.error` keeps it)."""
+stopping training (the first OSError is reported once, the logger goes quiet, `logger.error` keeps it).
+
+`save_dir` may be an fsspec URL (`memory://`, `s3://`, ...; `file://` is a local path): directories and files then go
+through fsspec, with the atomicity each backend allows (see `engine.utilities.cloud_io`)."""
 
 from __future__ import annotations
 
@@ -9,13 +12,13 @@ import contextlib
 import dataclasses
 import enum
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
 from engine.errors import LoggerError
 from engine.log import log
+from engine.utilities import cloud_io
 
 __all__ = [
     "Logger", "LoggerError", "write_guard", "params_to_dict", "flatten_params", "sanitize_params", "yaml_safe",
@@ -204,23 +207,22 @@ def add_prefix(metrics: Mapping[str, Any], prefix: str, separator: str) -> Mappi
 # -- version directories ------------------------------------------------------------------------------------------
 def next_version(root_dir: str) -> int:
     """1 + the largest N of the `version_N` directories in `root_dir` (0 when there are none or it is unreadable)."""
-    try:
-        entries = list(os.scandir(root_dir))
-    except OSError:
-        return 0
     found = [-1]
-    for entry in entries:
-        suffix = entry.name[len("version_"):]
-        if entry.name.startswith("version_") and suffix.isdigit():
-            with contextlib.suppress(OSError):
-                if entry.is_dir():
-                    found.append(int(suffix))
+    for name in cloud_io.listdir(root_dir, dirs_only=True):
+        suffix = name[len("version_"):]
+        if name.startswith("version_") and suffix.isdigit():
+            found.append(int(suffix))
     return max(found) + 1
 
 
 def allocate_version(root_dir: str, attempts: int = 10_000) -> int:
     """Create `root_dir/version_N` for the next free N and return N; os.mkdir is atomic, so concurrent runs that
-    race for the same N get distinct versions (the loser retries). Raises OSError when it cannot create it."""
+    race for the same N get distinct versions (the loser retries). Raises OSError when it cannot create it.
+    On an fsspec URL the next free N is taken from a listing (no lock exists there; see cloud_io)."""
+    if cloud_io.is_remote(root_dir):
+        candidate = next_version(root_dir)
+        cloud_io.makedirs(cloud_io.join(root_dir, f"version_{candidate}"))
+        return candidate
     os.makedirs(root_dir, exist_ok=True)
     candidate = next_version(root_dir)
     for _ in range(attempts):
@@ -236,18 +238,10 @@ def allocate_version(root_dir: str, attempts: int = 10_000) -> int:
 # -- files ----------------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def atomic_open(path: str) -> Iterator[IO[str]]:
-    """A text file that replaces `path` only when the block succeeds (temp file in the same dir + os.replace),
-    so readers never see a half-written file."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            yield fh
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """A text file that replaces `path` only when the block succeeds (temp file in the same dir + os.replace, or
+    the fsspec equivalent), so readers never see a half-written file; it gets the usual 0666-minus-umask mode."""
+    with cloud_io.atomic_text(path) as fh:
+        yield fh
 
 
 def write_hparams_yaml(path: str, params: Mapping[str, Any]) -> None:
@@ -270,9 +264,10 @@ class RunDirLogger(Logger):
         if version is not None and not isinstance(version, (int, str)):
             raise TypeError(f"{type(self).__name__}(version={version!r}): expected None (next free version_N), "
                             "an int N (version_N) or a str (used as the directory name)")
-        self._save_dir = os.path.expanduser(os.path.expandvars(os.fspath(save_dir)))
+        self._save_dir = cloud_io.normalize(save_dir)
         self._name = name or ""
         self._version = version
+        self._explicit_version = version is not None  # a reused explicit version warns if it holds files
         self._prefix = prefix
 
     @property
@@ -299,10 +294,10 @@ class RunDirLogger(Logger):
     @property
     def root_dir(self) -> str:
         """save_dir/name: the parent of every version of this experiment."""
-        return os.path.join(self._save_dir, self._name) if self._name else self._save_dir
+        return cloud_io.join(self._save_dir, self._name) if self._name else self._save_dir
 
     @property
     def log_dir(self) -> str:
         """root_dir/version_N (or root_dir/<version> for a str version): this run's directory."""
         version = self.version
-        return os.path.join(self.root_dir, version if isinstance(version, str) else f"version_{version}")
+        return cloud_io.join(self.root_dir, version if isinstance(version, str) else f"version_{version}")

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from engine.errors import MisconfigurationException
+from engine.errors import MisconfigurationException, user_stacklevel
 from hooks.callback import Callback
 
 __all__ = ["LearningRateMonitor"]
@@ -49,7 +49,7 @@ class LearningRateMonitor(Callback):
                 "(e.g. `Trainer(logger=True)` or `logger=CSVLogger(...)`) or remove the callback.")
         if self.log_momentum and self._lacks("momentum", trainer) and self._lacks("betas", trainer):
             warnings.warn("You have set log_momentum=True, but some optimizers do not have momentum. This will log "
-                          "a value 0 for the momentum.", RuntimeWarning, stacklevel=2)
+                          "a value 0 for the momentum.", RuntimeWarning, stacklevel=user_stacklevel())
         names = [n for group in self._names(trainer)[0] for n in group]
         self.lrs = {n: [] for n in names}
         self.last_momentum_values = {f"{n}-momentum": None for n in names}

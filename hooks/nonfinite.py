@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from engine.bus import PRECISION
-from engine.errors import MisconfigurationException
+from engine.errors import MisconfigurationException, user_stacklevel
 
 __all__ = ["NonFiniteLoss", "NonFiniteLossError"]
 
@@ -59,7 +59,7 @@ class NonFiniteLoss:
             event.control.skip_step(f"non-finite loss at {where}", by="NonFiniteLoss")
             return
         warnings.warn(f"the loss is {loss.detach().item()} at {where}; training goes on (NonFiniteLoss('warn'))",
-                      RuntimeWarning, stacklevel=2)
+                      RuntimeWarning, stacklevel=user_stacklevel())
 
     def on_after_backward(self, event: Any) -> None:
         if self._drop:  # the NaN gradients of a skipped step must not reach a later step

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from engine.bus import PRECISION
+from engine.errors import user_stacklevel
 
 __all__ = ["TruePrecision", "MixedPrecision", "ScaledMixedPrecision", "precision_for", "resolve_precision",
            "DTYPES"]
@@ -32,7 +33,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """Lightning's resolution: fp16 AMP does not exist on the CPU, bf16 AMP does."""
     if precision == "16-mixed" and device.type == "cpu":
         warnings.warn("You passed `Trainer(accelerator='cpu', precision='16-mixed')` but AMP with fp16 is not "
-                      "supported on CPU. Using `precision='bf16-mixed'` instead.", UserWarning, stacklevel=3)
+                      "supported on CPU. Using `precision='bf16-mixed'` instead.", UserWarning, stacklevel=user_stacklevel())
         return "bf16-mixed"
     return precision
 

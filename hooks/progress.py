@@ -22,6 +22,7 @@ import time
 import warnings
 from typing import Any
 
+from engine.errors import user_stacklevel
 from hooks.callback import Callback
 
 __all__ = ["TQDMProgressBar"]
@@ -184,7 +185,7 @@ class TQDMProgressBar(Callback):
             name = sorted(duplicates)[0]
             warnings.warn(f"The progress bar already shows {name!r}; `self.log({name!r}, ..., prog_bar=True)` "
                           "replaces it there. Rename the metric or override `TQDMProgressBar.get_metrics()`.",
-                          UserWarning, stacklevel=2)
+                          UserWarning, stacklevel=user_stacklevel())
         return {**standard, **metrics}
 
     def print(self, *args: Any, sep: str = " ", **kwargs: Any) -> None:

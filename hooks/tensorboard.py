@@ -1,11 +1,19 @@
 """TensorBoardLogger: scalars, hyperparameters (HPARAMS tab) and the model graph in TensorBoard event files,
-written with tensorboardX into `save_dir/name/version_N[/sub_dir]` (Lightning's layout and semantics)."""
+written with tensorboardX into `save_dir/name/version_N[/sub_dir]` (Lightning's layout and semantics).
+
+A `save_dir` fsspec URL (`memory://`, `s3://`, `gs://`, ...): tensorboardX writes files itself (it knows only local
+paths and its own boto/GCS writers), so the event files are written to a local staging directory and uploaded to
+`log_dir` by save() (at most every SAVE_INTERVAL_S while training) and finalize(), each upload a whole-file atomic
+write (see `engine.utilities.cloud_io`); hparams.yaml is written to the URL directly. The staging directory is
+removed at finalize()."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Mapping
@@ -13,6 +21,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from engine.errors import user_stacklevel
+from engine.utilities import cloud_io
 from hooks.logger import (
     NoOpExperiment, RunDirLogger, add_prefix, flatten_params, params_to_dict, sanitize_params, write_guard,
     write_hparams_yaml,
@@ -48,6 +58,8 @@ class TensorBoardLogger(RunDirLogger):
         self._log_graph = log_graph
         self._default_hp_metric = default_hp_metric
         self._sub_dir = None if sub_dir is None else os.fspath(sub_dir)
+        self._staging: str | None = None  # local directory of the event files when log_dir is a URL
+        self._uploaded: dict[str, tuple[int, int]] = {}  # staged file -> (size, mtime_ns) last uploaded
         self._kwargs = kwargs
         self._experiment: Any = None
         self._writers_opened = 0
@@ -67,7 +79,7 @@ class TensorBoardLogger(RunDirLogger):
     def log_dir(self) -> str:
         """save_dir/name/version_N[/sub_dir]."""
         log_dir = super().log_dir
-        return os.path.join(log_dir, self._sub_dir) if self._sub_dir else log_dir
+        return cloud_io.join(log_dir, self._sub_dir) if self._sub_dir else log_dir
 
     # -- the writer ---------------------------------------------------------------------------------------------
     @property
@@ -79,17 +91,48 @@ class TensorBoardLogger(RunDirLogger):
                 with write_guard(self, log_dir):
                     from tensorboardX import SummaryWriter  # lazy: importing it takes ~1.5 s
 
-                    os.makedirs(log_dir, exist_ok=True)
+                    if not self._writers_opened:
+                        self._warn_reused_version()
+                    cloud_io.makedirs(log_dir)
+                    writer_dir = log_dir
+                    if cloud_io.is_remote(log_dir):
+                        self._staging = self._staging or tempfile.mkdtemp(prefix="statetrain-tensorboard-")
+                        writer_dir = self._staging
                     kwargs = dict(self._kwargs)
                     if self._writers_opened:
                         # Event files are named by the second they were opened: a writer reopened after finalize
                         # in the same second would truncate the first file, so give it its own name.
                         kwargs["filename_suffix"] = f"{kwargs.get('filename_suffix', '')}.{self._writers_opened}"
-                    writer = SummaryWriter(logdir=log_dir, **kwargs)
+                    writer = SummaryWriter(logdir=writer_dir, **kwargs)
                     self._writers_opened += 1
                     self._guard_file_writers(writer, synchronous=True)
                     self._experiment = writer
         return self._experiment if self._experiment is not None else NoOpExperiment()
+
+    def _warn_reused_version(self) -> None:
+        """An explicitly given version whose directory already holds files: say so, as Lightning's CSV logger does."""
+        version_dir = super().log_dir  # without sub_dir
+        if self._explicit_version and cloud_io.listdir(version_dir):
+            warnings.warn(f"Experiment logs directory {version_dir} exists and is not empty. The new event files are "
+                          "written next to the old ones, so TensorBoard shows both runs as one; pass a new "
+                          "`version=` to keep them apart.", UserWarning, stacklevel=user_stacklevel())
+
+    def _upload(self) -> None:
+        """Copy the staged event files that changed since the last upload to log_dir (a URL)."""
+        if self._staging is None:
+            return
+        log_dir = self.log_dir
+        for folder, _, files in os.walk(self._staging):
+            for name in files:
+                local = os.path.join(folder, name)
+                stat = os.stat(local)
+                mark = (stat.st_size, stat.st_mtime_ns)
+                if self._uploaded.get(local) == mark:
+                    continue
+                rel = os.path.relpath(local, self._staging).replace(os.sep, "/")
+                with open(local, "rb") as fh:
+                    cloud_io.atomic_write(cloud_io.join(log_dir, rel), fh.read())
+                self._uploaded[local] = mark
 
     def _guard_file_writers(self, writer: Any, synchronous: bool = False) -> None:
         """Catch OSErrors inside tensorboardX's event writers, which also run on its background thread: an error
@@ -210,12 +253,12 @@ class TensorBoardLogger(RunDirLogger):
             input_array = getattr(model, "example_input_array", None)
         if input_array is None:
             warnings.warn("TensorBoardLogger.log_graph: no graph written; set `model.example_input_array` or pass "
-                          "`input_array`", UserWarning, stacklevel=2)
+                          "`input_array`", UserWarning, stacklevel=user_stacklevel())
             return
         if not isinstance(input_array, (Tensor, tuple)):
             warnings.warn(f"TensorBoardLogger.log_graph: no graph written; input_array has type "
                           f"{type(input_array).__name__}, expected a Tensor or a tuple of forward()'s positional "
-                          "arguments", UserWarning, stacklevel=2)
+                          "arguments", UserWarning, stacklevel=user_stacklevel())
             return
         input_array = _to_model_device(model, input_array)
         writer = self.experiment
@@ -233,7 +276,7 @@ class TensorBoardLogger(RunDirLogger):
                     raise
                 except Exception as exc:
                     warnings.warn(f"TensorBoardLogger.log_graph: tracing {type(model).__name__} failed ({exc!r}); "
-                                  "no graph written", UserWarning, stacklevel=2)
+                                  "no graph written", UserWarning, stacklevel=user_stacklevel())
         finally:
             model._exporting = exporting
 
@@ -255,6 +298,7 @@ class TensorBoardLogger(RunDirLogger):
         with write_guard(self, self.log_dir):
             self._guard_file_writers(writer)  # add_scalars made by user code through `experiment`
             writer.flush()
+            self._upload()
         self._check_async_error()
         if not self._hparams_written:
             self._write_hparams_yaml()
@@ -266,16 +310,20 @@ class TensorBoardLogger(RunDirLogger):
         self.save(force=True)
         with write_guard(self, self.log_dir):
             self._experiment.close()
+            self._upload()
         self._experiment = None
         self._check_async_error()
+        if self._staging is not None and self.error is None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging, self._uploaded = None, {}
 
     def _write_hparams_yaml(self) -> None:
         if self.error is not None:
             return
         log_dir = self.log_dir
         with write_guard(self, log_dir):
-            os.makedirs(log_dir, exist_ok=True)
-            write_hparams_yaml(os.path.join(log_dir, self.NAME_HPARAMS_FILE), self.hparams)
+            cloud_io.makedirs(log_dir)
+            write_hparams_yaml(cloud_io.join(log_dir, self.NAME_HPARAMS_FILE), self.hparams)
             self._hparams_written = True
 
     def __getstate__(self) -> dict[str, Any]:

@@ -148,5 +148,4 @@ class Timer(Callback):
         trainer.control.request_stop("time limit reached", by="Timer")
         if self._verbose and getattr(trainer, "is_global_zero", True):
             elapsed = timedelta(seconds=int(self.time_elapsed("train")))
-            log.info("Time limit reached. Signaling Trainer to stop.", elapsed=str(elapsed),
-                     duration=str(timedelta(seconds=self._duration)))
+            log.info(f"Time limit reached. Elapsed time is {elapsed}. Signaling Trainer to stop.")

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
+from engine.errors import user_stacklevel
 from hooks.callback import Callback
 
 __all__ = ["WeightAveraging", "EMAWeightAveraging"]
@@ -88,7 +89,7 @@ class WeightAveraging(Callback):
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         if self._average_model is None:
             warnings.warn("WeightAveraging: a checkpoint is loaded outside fit; the averaging state is not restored",
-                          UserWarning, stacklevel=2)
+                          UserWarning, stacklevel=user_stacklevel())
         elif "current_model_state" in checkpoint and "averaging_state" in checkpoint:
             state = {"module." + k: v for k, v in checkpoint["state_dict"].items()}
             state.update(checkpoint["averaging_state"])
@@ -96,7 +97,7 @@ class WeightAveraging(Callback):
             pl_module.load_state_dict(checkpoint["current_model_state"])
         else:
             warnings.warn("The checkpoint was not created with WeightAveraging. Both the current and the average "
-                          "model will be initialized with state_dict.", UserWarning, stacklevel=2)
+                          "model will be initialized with state_dict.", UserWarning, stacklevel=user_stacklevel())
             self._average_model.module.load_state_dict(deepcopy(checkpoint["state_dict"]), strict=False)
 
     def _pairs(self, pl_module: Any) -> Any:

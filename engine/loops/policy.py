@@ -5,12 +5,16 @@ points and act on the answer, so each rule can be read, tested and changed in on
 §2, §6): validation every `val_check_batch` batches of every `check_val_every_n_epoch`-th epoch; stop requests
 honoured once `min_epochs`/`min_steps` are met; zero_grad on the first micro-batch of an accumulation window and the
 optimizer step on its last (or on the epoch's last batch).
+
+Time-based `val_check_interval` (Lightning 2.6): `should_validate` takes a zero-argument `since_last_val` callable
+and calls it only when the batch has passed the epoch gate, so the clock is read at the check point and never for
+batch-based runs; the caller restarts that clock when training starts and after each validation.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:  # pragma: no cover
     from engine.config import RunSettings
@@ -65,15 +69,25 @@ def stop_blocked(p: "Progress", s: "RunSettings", stop_requested: bool) -> bool:
     return stop_requested and not can_stop_early(p, s)
 
 
-def should_validate(p: "Progress", s: "RunSettings", val_check_batch: float, stop_requested: bool) -> bool:
-    """Lightning's val-check rule after a training batch (batch_idx already advanced; validation is on)."""
+def should_validate(p: "Progress", s: "RunSettings", val_check_batch: float, stop_requested: bool,
+                    since_last_val: Callable[[], float] | None = None) -> bool:
+    """Lightning's val-check rule after a training batch (batch_idx already advanced; validation is on).
+
+    Order as in Lightning's `_should_check_val_fx`: the `check_val_every_n_epoch` gate, the last batch of a loader
+    without a length, an honoured stop request, then either the wall clock (time-based val_check_interval: seconds
+    since the last validation >= the interval; the epoch's end does not force a validation) or the batch count."""
     n = s.check_val_every_n_epoch
     if n is not None and (p.epoch + 1) % n != 0:
         return False
+    if val_check_batch == math.inf and p.is_last_batch:
+        return True
     if stop_requested and can_stop_early(p, s):
         return True
+    interval = s.val_check_time_interval
+    if interval is not None and since_last_val is not None:
+        return since_last_val() >= interval
     if val_check_batch == math.inf:
-        return p.is_last_batch
+        return False
     current = p.total_batch_idx if n is None else p.batch_idx
     return current % val_check_batch == 0
 

@@ -13,6 +13,7 @@ import warnings
 from functools import wraps
 from typing import Any, Callable, TypeVar
 
+from engine.errors import user_stacklevel
 from engine.log import env_rank
 
 __all__ = ["rank_zero_debug", "rank_zero_deprecation", "rank_zero_info", "rank_zero_only", "rank_zero_warn"]
@@ -38,8 +39,9 @@ def rank_zero_only(fn: Callable[..., T], default: T | None = None) -> Callable[.
 
 rank_zero_only.rank = getattr(rank_zero_only, "rank", env_rank())  # type: ignore[attr-defined]
 
-# stacklevel defaults make the log record / warning point at the caller of rank_zero_*: the chain is
-# caller -> wrapped_fn -> rank_zero_x -> log.x / warnings.warn.
+# stacklevel defaults make the log record point at the caller of rank_zero_*: the chain is
+# caller -> wrapped_fn -> rank_zero_x -> log.x. Warnings point at the first frame outside the framework (the user's
+# line, also when statetrain itself warns) unless a stacklevel is given.
 
 
 @rank_zero_only
@@ -55,12 +57,12 @@ def rank_zero_info(*args: Any, stacklevel: int = 3, **kwargs: Any) -> None:
 
 
 @rank_zero_only
-def rank_zero_warn(message: str | Warning, stacklevel: int = 3, **kwargs: Any) -> None:
+def rank_zero_warn(message: str | Warning, stacklevel: int | None = None, **kwargs: Any) -> None:
     """`warnings.warn` on rank 0 only (`category=` and the other keywords pass through)."""
-    warnings.warn(message, stacklevel=stacklevel, **kwargs)
+    warnings.warn(message, stacklevel=user_stacklevel() if stacklevel is None else stacklevel, **kwargs)
 
 
-def rank_zero_deprecation(message: str | Warning, stacklevel: int = 4, **kwargs: Any) -> None:
+def rank_zero_deprecation(message: str | Warning, stacklevel: int | None = None, **kwargs: Any) -> None:
     """A `DeprecationWarning` (unless `category=` says otherwise) on rank 0 only."""
     category = kwargs.pop("category", DeprecationWarning)
     rank_zero_warn(message, stacklevel=stacklevel, category=category, **kwargs)

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import timeit
 
 import pytest
 
@@ -181,11 +180,16 @@ def test_bad_env_value_names_the_variable(monkeypatch) -> None:
         configure()
 
 
-def test_filtered_call_costs_well_under_a_microsecond() -> None:
+def test_a_filtered_call_is_one_no_op_call() -> None:
+    """Below the level a method is the shared no-op (its cost is one Python call; benchmarks measure, tests don't)."""
+    import engine.log as messages
+
     configure(level="INFO")
-    n = 50_000
-    best = min(timeit.repeat(lambda: log.debug("step", loss=1.0), number=n, repeat=5)) / n
-    assert best < 0.5e-6, f"a filtered-out log.debug costs {best * 1e6:.2f} µs"
+    assert log.debug is messages._nop and log.info is not messages._nop
+    assert log.debug("step", loss=1.0) is None
+    configure(level="DEBUG")
+    assert log.debug is not messages._nop
+    configure()
 
 
 def test_broken_stream_never_breaks_the_caller() -> None:

@@ -17,7 +17,7 @@ from torch import nn
 import engine as pl
 from engine.errors import MisconfigurationException
 from hooks import csv_logger as csv_mod
-from hooks import logger as logger_mod
+from engine.utilities import cloud_io
 from hooks.csv_logger import CSVLogger
 from hooks.logger import LoggerError, NoOpExperiment
 
@@ -112,7 +112,8 @@ def test_versions_and_reused_version_overwrites(tmp_path):
     first.log_metrics({"a": 1.0}, 0)
     first.finalize("success")
     again = CSVLogger(tmp_path, version=9)
-    with pytest.warns(UserWarning, match=r"metrics.csv already exists .* it will be overwritten"):
+    with pytest.warns(UserWarning, match=r"Experiment logs directory .*version_9 exists and is not empty\. Previous "
+                      r"log files in this directory will be deleted when the new ones are saved!"):
         again.log_metrics({"b": 2.0}, 0)
     again.finalize("success")
     assert read_csv(again) == (["b", "step"], [{"b": "2.0", "step": "0"}])
@@ -149,7 +150,7 @@ def enospc(*args: object, **kwargs: object):
 
 
 def test_disk_full_on_the_first_write(tmp_path, errors, monkeypatch):
-    monkeypatch.setattr(logger_mod, "tempfile", types.SimpleNamespace(mkstemp=enospc))
+    monkeypatch.setattr(cloud_io, "tempfile", types.SimpleNamespace(mkstemp=enospc))  # the atomic-write helper
     lg = CSVLogger(tmp_path)
     exercise(lg)
     assert lg.error.errno == errno.ENOSPC

@@ -3,10 +3,13 @@
 from hooks.accumulation import GradientAccumulationScheduler
 from hooks.callback import Callback
 from hooks.checkpoint import ModelCheckpoint, OnExceptionCheckpoint
+from hooks.device_stats import DeviceStatsMonitor
 from hooks.early_stopping import EarlyStopping
+from hooks.finetuning import BackboneFinetuning, BaseFinetuning
 from hooks.lr_monitor import LearningRateMonitor
 from hooks.model_summary import ModelSummary
 from hooks.progress import TQDMProgressBar
+from hooks.rich_progress import RichProgressBar
 from hooks.throughput import ThroughputMonitor
 from hooks.stochastic_weight_averaging import StochasticWeightAveraging
 from hooks.timer import Timer
@@ -15,4 +18,5 @@ from hooks.weight_averaging import EMAWeightAveraging, WeightAveraging
 __all__ = ["Callback", "WeightAveraging", "EMAWeightAveraging", "StochasticWeightAveraging",
            "GradientAccumulationScheduler", "EarlyStopping",
            "ModelCheckpoint", "OnExceptionCheckpoint", "LearningRateMonitor", "ModelSummary", "TQDMProgressBar",
-           "ThroughputMonitor", "Timer"]
+           "ThroughputMonitor", "Timer", "BaseFinetuning", "BackboneFinetuning", "DeviceStatsMonitor",
+           "RichProgressBar"]

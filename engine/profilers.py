@@ -1,5 +1,5 @@
 """Lightning's `lightning.pytorch.profilers` import path: the profilers, re-exported from `hooks.profiler`."""
 
-from hooks.profiler import PassThroughProfiler, Profiler, PyTorchProfiler, SimpleProfiler
+from hooks.profiler import AdvancedProfiler, PassThroughProfiler, Profiler, PyTorchProfiler, SimpleProfiler
 
-__all__ = ["PassThroughProfiler", "Profiler", "PyTorchProfiler", "SimpleProfiler"]
+__all__ = ["AdvancedProfiler", "PassThroughProfiler", "Profiler", "PyTorchProfiler", "SimpleProfiler"]

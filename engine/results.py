@@ -9,6 +9,11 @@ Hot path: a repeat `log` call of the same (hook, name, arguments) is one dict lo
 type check and a list append. Nothing on that path reads a tensor's value (no `.item()`, `float()`, `.cpu()`):
 on-epoch values are kept as detached tensors and reduced only when an epoch value is asked for, and Python numbers
 are produced only when `LoggedMetrics.progress_bar_metrics` is read.
+
+A logged `torchmetrics.Metric` (or each metric of a `MetricCollection` given to `log_dict`) follows Lightning: the
+step value is what the metric's forward returned for the batch, the epoch value is its `compute()`, and `reset()`
+empties it at each epoch end. torchmetrics is never imported unless such an object is logged; the check runs only
+for values that are neither tensors nor numbers, and a repeat log of the same Metric is one identity test.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from engine.errors import MisconfigurationException
+from engine.errors import MisconfigurationException, user_stacklevel
 
 __all__ = [
     "FX_DEFAULTS",
@@ -32,6 +37,7 @@ __all__ = [
     "ResultCollection",
     "check_fx",
     "extract_batch_size",
+    "metric_collection_items",
 ]
 
 
@@ -210,7 +216,7 @@ def extract_batch_size(batch: Any) -> int:
                     f"another has {size}. Using {found}. Pass self.log(..., batch_size=N) to avoid a wrong "
                     "epoch average.",
                     UserWarning,
-                    stacklevel=2,
+                    stacklevel=user_stacklevel(),
                 )
                 break
     except RecursionError as err:
@@ -275,8 +281,8 @@ def _bad_value(name: str, value: Any) -> MisconfigurationException:
             f"single-element tensors can be logged. Reduce it first, e.g. self.log({name!r}, value.mean())."
         )
     return MisconfigurationException(
-        f"self.log({name!r}, value) got a value of type {type(value).__name__}; expected a Python number or a "
-        "single-element torch.Tensor."
+        f"self.log({name!r}, value) got a value of type {type(value).__name__}; expected a Python number, a "
+        "single-element torch.Tensor or a torchmetrics.Metric."
     )
 
 
@@ -286,7 +292,7 @@ class _Entry:
     __slots__ = (
         "fx", "name", "config", "prog_bar", "logger", "on_step", "on_epoch", "reduce", "is_mean", "enable_graph",
         "sync", "sync_group", "dataloader_idx", "plain_key", "step_key", "epoch_key",
-        "step_value", "values", "sizes", "acc", "total", "computed", "warned_cast",
+        "step_value", "values", "sizes", "acc", "total", "computed", "warned_cast", "metric", "metric_logged",
     )  # fmt: skip
 
     def __init__(self, fx: str, name: str, config: dict[str, Any], suffix: str) -> None:
@@ -308,6 +314,7 @@ class _Entry:
         self.step_key = (name + "_step" if forked else name) + suffix
         self.epoch_key = (name + "_epoch" if forked else name) + suffix
         self.warned_cast = False
+        self.metric: Any = None  # the torchmetrics.Metric logged under this key, if one was
         self.clear()
 
     def clear(self) -> None:
@@ -318,6 +325,7 @@ class _Entry:
         self.acc: Tensor | None = None  # reduced value of the compacted part (weighted sum for mean)
         self.total = 0  # sum of batch sizes of the compacted part (mean only)
         self.computed: Tensor | None = None  # cached epoch value, dropped on every new value
+        self.metric_logged = False  # the Metric was logged since the last clear (its compute() is meaningful)
 
     def compact(self) -> None:
         """Fold the pending on-epoch values into the running reduction (one stack, no host sync)."""
@@ -360,6 +368,8 @@ class _Entry:
         with `sync(tensor, reduce_op, group)` when this key asked for it."""
         if self.computed is not None:
             return self.computed
+        if self.metric is not None:
+            return self._compute_metric()
         self.compact()
         acc = self.acc
         if acc is None:
@@ -374,6 +384,52 @@ class _Entry:
             value = acc / self.total if self.is_mean else acc
         self.computed = value
         return value
+
+    def _compute_metric(self) -> Tensor | None:
+        """The logged Metric's `compute()` over every update since its last reset (Lightning's epoch value); the
+        Metric syncs its own states across processes."""
+        if not self.metric_logged:
+            return None
+        value = self.metric.compute()
+        if not isinstance(value, Tensor):
+            raise MisconfigurationException(
+                f"self.log({self.name!r}, metric): {type(self.metric).__name__}.compute() returned a "
+                f"{type(value).__name__}; a logged torchmetrics.Metric must compute a tensor. Log the entries of "
+                "its result with self.log_dict(...) instead.")
+        self.computed = value if self.enable_graph else value.detach()
+        return self.computed
+
+    def log_metric(self, metric: Any) -> None:
+        """Record one `self.log(name, metric)` call: the step value is what the Metric's last forward returned (the
+        value the user got back), the epoch value is its `compute()` when asked for."""
+        self.metric = metric
+        self.metric_logged = True
+        self.computed = None
+        if self.on_step:
+            cache = getattr(metric, "_forward_cache", None)  # where torchmetrics keeps forward's batch value
+            if isinstance(cache, Tensor):
+                self.step_value = cache if self.enable_graph else cache.detach()
+
+
+def _is_metric(value: Any) -> bool:
+    """Whether `value` is a torchmetrics.Metric; torchmetrics is imported only if a base class comes from it."""
+    if not any(cls.__module__.startswith("torchmetrics") for cls in type(value).__mro__):
+        return False
+    from torchmetrics import Metric
+
+    return isinstance(value, Metric)
+
+
+def metric_collection_items(dictionary: Any) -> Mapping[str, Any] | None:
+    """`{name: Metric}` of a torchmetrics.MetricCollection passed to `log_dict` (None for anything else), with the
+    names Lightning logs (no base prefix) and shared compute-group states left in place."""
+    if not any(cls.__module__.startswith("torchmetrics") for cls in type(dictionary).__mro__):
+        return None
+    from torchmetrics import MetricCollection
+
+    if not isinstance(dictionary, MetricCollection):
+        return None
+    return dict(dictionary.items(keep_base=False, copy_state=False))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -431,8 +487,11 @@ class ResultCollection:
         self._in_batches = False
 
     def reset(self) -> None:
-        """Drop every logged value (new training epoch / new evaluation run); validated key configurations stay."""
+        """Drop every logged value (new training epoch / new evaluation run); validated key configurations stay.
+        A logged torchmetrics.Metric is `reset()` too, as Lightning does at each epoch end."""
         for entry in self._entries.values():
+            if entry.metric is not None and entry.metric_logged:
+                entry.metric.reset()
             entry.clear()
         self.batch_end()
         self._in_batches = False
@@ -492,12 +551,15 @@ class ResultCollection:
                         f"floating point, so it is converted to {_default_float()}. Convert it yourself "
                         "(value.float()) to silence this warning.",
                         UserWarning,
-                        stacklevel=2,
+                        stacklevel=user_stacklevel(),
                     )
                 tensor = tensor.to(_default_float()) if enable_graph else tensor.detach().to(_default_float())
         elif type(value) in (float, int, bool) or isinstance(value, numbers.Real):
             # kept on the CPU: copying a Python number to an accelerator would block the host
             tensor = torch.tensor(value, dtype=_default_float())
+        elif (value is entry.metric and value is not None) or _is_metric(value):  # later calls: one identity check
+            entry.log_metric(value)
+            return
         else:
             raise _bad_value(name, value)
 
@@ -536,7 +598,10 @@ class ResultCollection:
         batch_size: int | None = None,
         rank_zero_only: bool = False,
     ) -> None:
-        """Log every entry of `dictionary` with the same arguments (Lightning's `self.log_dict`)."""
+        """Log every entry of `dictionary` with the same arguments (Lightning's `self.log_dict`); a
+        torchmetrics.MetricCollection logs each of its metrics."""
+        if not isinstance(dictionary, Mapping):
+            dictionary = metric_collection_items(dictionary) or dictionary
         if not isinstance(dictionary, Mapping):
             raise MisconfigurationException(
                 f"self.log_dict(...) in {fx!r} got a {type(dictionary).__name__}; expected a dict of name -> value. "
@@ -624,6 +689,8 @@ class ResultCollection:
         `torch.load(weights_only=True)`). The `sync_dist_group` of a key is not saved (a group is not data)."""
         entries = []
         for (fx, name, dl_idx), entry in self._entries.items():  # not compacted: a resumed epoch sums alike
+            if entry.metric is not None:  # a Metric's state lives in the Metric; the key re-registers when logged
+                continue
             config = {k: v for k, v in entry.config.items() if k != "sync_dist_group"}
             entries.append({"fx": fx, "name": name, "dataloader_idx": dl_idx, "config": config,
                             "step_value": entry.step_value, "values": list(entry.values),

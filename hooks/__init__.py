@@ -38,6 +38,12 @@ _EXPORTS = {
     "TruePrecision": "hooks.precision",
     "MixedPrecision": "hooks.precision",
     "ScaledMixedPrecision": "hooks.precision",
+    "DummyLogger": "hooks.dummy_logger",
+    "BaseFinetuning": "hooks.finetuning",
+    "BackboneFinetuning": "hooks.finetuning",
+    "RichProgressBar": "hooks.rich_progress",
+    "DeviceStatsMonitor": "hooks.device_stats",
+    "AdvancedProfiler": "hooks.profiler",
 }
 
 __all__ = list(_EXPORTS)

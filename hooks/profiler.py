@@ -3,7 +3,9 @@
 `SimpleProfiler` times every state function of the fit and evaluation machines and every handler call per event type
 (through `Machine.add_instrumentation` / `Bus.add_instrumentation`, which coexist with other instrumentations, so
 nothing costs anything when no profiler is attached) and prints a table, slowest first: "why is my training slow" answered by name, e.g. `handler:TQDMProgressBar.on_train_batch_end@
-BatchEnded`. `PyTorchProfiler` runs the run under `torch.profiler.profile` and writes a trace TensorBoard can load.
+BatchEnded`. `AdvancedProfiler` runs a cProfile per action (the same states and handlers) and prints
+each one's function-level stats, as Lightning's does. `PyTorchProfiler` runs the run under
+`torch.profiler.profile` and writes a trace TensorBoard can load.
 
 The trainer calls `profiler.attach(trainer, stage)` before a run and `profiler.detach(trainer)` then
 `profiler.describe()` after it; both can be called by hand. `profile(name)` times any block of user code.
@@ -11,8 +13,11 @@ The trainer calls `profiler.attach(trainer, stage)` before a run and `profiler.d
 
 from __future__ import annotations
 
+import cProfile
 import inspect
+import io
 import os
+import pstats
 import re
 import warnings
 from contextlib import contextmanager
@@ -21,14 +26,15 @@ from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TextIO
 
-from engine.errors import MisconfigurationException
+from engine.errors import MisconfigurationException, user_stacklevel
 from engine.events import BatchEnded, EvalBatchEnded, Setup
 from engine.log import log
 
 if TYPE_CHECKING:  # pragma: no cover
     from engine.trainer import Trainer
 
-__all__ = ["Profiler", "PassThroughProfiler", "SimpleProfiler", "PyTorchProfiler", "resolve_profiler"]
+__all__ = ["Profiler", "PassThroughProfiler", "SimpleProfiler", "AdvancedProfiler", "PyTorchProfiler",
+           "resolve_profiler"]
 
 
 class Profiler:
@@ -282,6 +288,109 @@ class SimpleProfiler(Profiler):
         return "\n".join(out) + "\n"
 
 
+# -- AdvancedProfiler ---------------------------------------------------------------------------------------------
+class AdvancedProfiler(Profiler):
+    """One `cProfile.Profile` per action (each machine state, each handler per event, each `profile(name)` block),
+    reported with `pstats` sorted by cumulative time. Only one profile records at a time: an action started inside
+    another pauses the outer one until it stops, so each action's stats are its own calls (Lightning's profiler
+    pauses the outer one for good). `line_count_restriction` limits the lines per action (an int, or a fraction);
+    `dump_stats=True` also writes `<dirpath>/<stage>-<filename>-<action>.prof` files for snakeviz/pstats."""
+
+    def __init__(self, dirpath: str | Path | None = None, filename: str | None = None,
+                 line_count_restriction: float = 1.0, dump_stats: bool = False) -> None:
+        super().__init__(dirpath=dirpath, filename=filename)
+        if not isinstance(line_count_restriction, (int, float)) or line_count_restriction <= 0:
+            raise ValueError(f"AdvancedProfiler(line_count_restriction={line_count_restriction!r}): expected a "
+                             "number of lines (int) or a fraction of them (0 < float <= 1)")
+        self.line_count_restriction = line_count_restriction
+        self.dump_stats = dump_stats
+        self.profiled_actions: dict[str, cProfile.Profile] = {}
+        self._active: list[str] = []
+        self._machines: list[Any] = []
+        self._bus: Any = None
+
+    def start(self, action_name: str) -> None:
+        if self._active:
+            self.profiled_actions[self._active[-1]].disable()
+        profile = self.profiled_actions.get(action_name)
+        if profile is None:
+            profile = self.profiled_actions[action_name] = cProfile.Profile()
+        self._active.append(action_name)
+        profile.enable()
+
+    def stop(self, action_name: str) -> None:
+        profile = self.profiled_actions.get(action_name)
+        if profile is None or action_name not in self._active:
+            raise ValueError(f"AdvancedProfiler.stop({action_name!r}): attempting to stop recording an action "
+                             f"which was never started; call start({action_name!r}) first")
+        profile.disable()
+        self._active.remove(action_name)
+        if self._active:
+            self.profiled_actions[self._active[-1]].enable()
+
+    def _profiled(self, action: str, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def profiled(arg: Any) -> Any:
+            self.start(action)
+            try:
+                return fn(arg)
+            finally:
+                self.stop(action)
+
+        profiled.__qualname__ = getattr(fn, "__qualname__", action)
+        profiled.__wrapped__ = fn  # type: ignore[attr-defined]
+        return profiled
+
+    def attach(self, trainer: "Trainer", stage: str | None = None) -> None:
+        """Start a fresh set of profiles and profile every state of the trainer's machines and every handler."""
+        super().attach(trainer, stage)
+        self.profiled_actions, self._active = {}, []
+        machines = [m for m in (trainer.machine, trainer.eval_machine) if m is not None]
+        for m in machines:
+            m.add_instrumentation(lambda state, fn, m=m: self._profiled(_machine_label(m, state), fn), owner=self)
+        trainer.bus.add_instrumentation(lambda t, name, fn: self._profiled(_handler_label(t, name), fn), owner=self)
+        self._machines, self._bus = machines, trainer.bus
+
+    def detach(self, trainer: "Trainer") -> None:
+        if self._bus is not None:
+            self._bus.remove_instrumentation(self)
+            for m in self._machines:
+                m.remove_instrumentation(self)
+        for action in reversed(self._active):  # an exception left actions open
+            self.profiled_actions[action].disable()
+        self._active = []
+        self._machines, self._bus = [], None
+        super().detach(trainer)
+
+    def stats(self, action_name: str) -> pstats.Stats:
+        """The `pstats.Stats` of one action (raises KeyError if it never ran)."""
+        return pstats.Stats(self.profiled_actions[action_name])
+
+    def summary(self) -> str:
+        if not self.profiled_actions:
+            return ""
+        title = (f"{self._stage.upper()} " if self._stage else "") + "Profiler Report"
+        out = [title]
+        for action, profile in self.profiled_actions.items():
+            if self.dump_stats and self.dirpath:
+                os.makedirs(self.dirpath, exist_ok=True)
+                profile.dump_stats(os.path.join(self.dirpath, self._prepare_filename(action, extension=".prof")))
+            buf = io.StringIO()
+            try:
+                stats = pstats.Stats(profile, stream=buf)
+            except TypeError:  # the action started but recorded no call
+                continue
+            stats.strip_dirs().sort_stats("cumulative").print_stats(self.line_count_restriction)
+            header = f"Profile stats for: {action}"
+            if self._local_rank is not None:
+                header += f" rank: {self._local_rank}"
+            out += [header, buf.getvalue()]
+        return os.linesep.join(out)
+
+    def __reduce__(self) -> tuple:
+        # a cProfile.Profile cannot be pickled (DDP spawn pickles the trainer's profiler)
+        return (type(self), (self.dirpath, self.filename, self.line_count_restriction, self.dump_stats))
+
+
 # -- PyTorchProfiler ----------------------------------------------------------------------------------------------
 _SORT_KEYS = {"cpu_time", "cuda_time", "cpu_time_total", "cuda_time_total", "cpu_memory_usage", "cuda_memory_usage",
               "self_cpu_memory_usage", "self_cuda_memory_usage", "count"}
@@ -476,7 +585,7 @@ class PyTorchProfiler(Profiler):
         if self._steps == 0 and self._schedule is not None and self._schedule.user is None:
             if self._total_steps(event.trainer) < 5:
                 warnings.warn("PyTorchProfiler: fewer than 5 batches, so the default schedule (wait=1, warmup=1, "
-                              "active=3) is replaced by recording every batch", UserWarning, stacklevel=2)
+                              "active=3) is replaced by recording every batch", UserWarning, stacklevel=user_stacklevel())
                 self._schedule.record_everything()
         self._steps += 1
         self.profiler.step()
@@ -521,15 +630,17 @@ class PyTorchProfiler(Profiler):
 
 
 def resolve_profiler(value: Any) -> Profiler | None:
-    """The `Trainer(profiler=...)` flag: None -> None, 'simple' / 'pytorch' -> a new profiler, an instance as is."""
+    """The `Trainer(profiler=...)` flag: None -> None, 'simple' / 'advanced' / 'pytorch' -> a new profiler, an
+    instance as is."""
     if value is None or isinstance(value, Profiler):
         return value
     if isinstance(value, str):
-        choices = {"simple": SimpleProfiler, "pytorch": PyTorchProfiler}
+        choices = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
         cls = choices.get(value.lower())
         if cls is None:
             raise MisconfigurationException(
                 f"Trainer(profiler={value!r}): expected one of {list(choices)} or a Profiler instance")
         return cls()
     raise MisconfigurationException(
-        f"Trainer(profiler={value!r}): expected 'simple', 'pytorch', a hooks.profiler.Profiler instance or None")
+        f"Trainer(profiler={value!r}): expected 'simple', 'advanced', 'pytorch', a hooks.profiler.Profiler instance "
+        "or None")

@@ -16,7 +16,9 @@ from engine.errors import MisconfigurationException
 from engine.events import BatchEnded
 from engine.loops.fit import FIT_STATES
 from engine.log import capture_logs
-from hooks.profiler import PassThroughProfiler, PyTorchProfiler, SimpleProfiler, resolve_profiler
+from hooks.profiler import (
+    AdvancedProfiler, PassThroughProfiler, PyTorchProfiler, SimpleProfiler, resolve_profiler,
+)
 
 
 class SlowHandler:
@@ -148,8 +150,9 @@ def test_resolve_profiler() -> None:
     assert resolve_profiler(passthrough) is passthrough
     with passthrough.profile("anything") as name:
         assert name == "anything"
-    with pytest.raises(MisconfigurationException, match=r"profiler='advanced'.*\['simple', 'pytorch'\]"):
-        resolve_profiler("advanced")
+    assert isinstance(resolve_profiler("advanced"), AdvancedProfiler)
+    with pytest.raises(MisconfigurationException, match=r"profiler='xla'.*\['simple', 'advanced', 'pytorch'\]"):
+        resolve_profiler("xla")
 
 
 def test_pytorch_profiler_writes_a_tensorboard_trace(kit: Any, tmp_path: Any) -> None:
@@ -183,3 +186,62 @@ def test_pytorch_profiler_default_dir_and_bad_arguments(kit: Any, tmp_path: Any)
         PyTorchProfiler(sort_by_key="wall")
     with pytest.raises(MisconfigurationException, match="schedule=3"):
         PyTorchProfiler(schedule=3)
+
+
+# -- AdvancedProfiler ---------------------------------------------------------------------------------------------
+def _slow_function() -> None:
+    time.sleep(0.002)
+
+
+class SlowCallingHandler:
+    """Calls a named function each batch, so the handler's own cProfile stats must list it."""
+
+    def on_batch_ended(self, event: BatchEnded) -> None:
+        _slow_function()
+
+
+def test_advanced_profiler_flag_profiles_states_and_handlers_with_cprofile(kit: Any, tmp_path: Any) -> None:
+    import engine as pl
+
+    trainer = kit.trainer(max_epochs=1, logger=False, enable_progress_bar=False, profiler="advanced",
+                          limit_val_batches=0)
+    assert isinstance(trainer.profiler, AdvancedProfiler)
+    trainer.add_handler(SlowCallingHandler())
+    with capture_logs() as logs:
+        trainer.fit(kit.Model(), kit.loader(8, batch_size=2))
+    prof = trainer.profiler
+    label = next(a for a in prof.profiled_actions if a.startswith("handler:SlowCallingHandler.on_batch_ended"))
+    calls = {func[2]: stat[0] for func, stat in prof.stats(label).stats.items()}  # function name -> call count
+    assert calls["_slow_function"] == 4
+    # the batch state's own profile does not hold the handler's calls: nested actions pause the outer one
+    batch_calls = {func[2] for func in prof.stats("state:batch").stats}
+    assert "_slow_function" not in batch_calls
+    report = "\n".join(str(e.get("report", "")) for e in logs)
+    assert "FIT Profiler Report" in report and f"Profile stats for: {label}" in report
+    assert "cumulative" in report  # pstats' sorted table
+    assert isinstance(pl.profilers.AdvancedProfiler(), AdvancedProfiler)
+
+
+def test_advanced_profiler_user_actions_dump_stats_and_errors(tmp_path: Any) -> None:
+    import pickle
+    import pstats
+
+    prof = AdvancedProfiler(dirpath=tmp_path, filename="prof", dump_stats=True, line_count_restriction=5)
+    with prof.profile("load data"):
+        with prof.profile("inner"):
+            _slow_function()
+        sum(range(1000))
+    report = prof.summary()
+    assert "Profile stats for: load data" in report and "Profile stats for: inner" in report
+    inner = {func[2] for func in prof.stats("inner").stats}
+    outer = {func[2] for func in prof.stats("load data").stats}
+    assert "_slow_function" in inner and "_slow_function" not in outer
+    dumped = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "*.prof")))
+    assert dumped == ["prof-inner.prof", "prof-load data.prof"]
+    assert pstats.Stats(str(tmp_path / "prof-inner.prof")).total_calls > 0  # a real pstats file
+    with pytest.raises(ValueError, match=r"AdvancedProfiler.stop\('never'\)"):
+        prof.stop("never")
+    with pytest.raises(ValueError, match="line_count_restriction"):
+        AdvancedProfiler(line_count_restriction=0)
+    clone = pickle.loads(pickle.dumps(prof))
+    assert isinstance(clone, AdvancedProfiler) and clone.line_count_restriction == 5 and clone.profiled_actions == {}

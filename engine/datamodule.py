@@ -8,8 +8,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import os
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from typing import Any
 
 import torch
@@ -161,6 +162,19 @@ class LightningDataModule(HyperparametersMixin):
     def on_exception(self, exception: BaseException) -> None:
         """Called when a trainer run is interrupted by an exception."""
 
+    def __str__(self) -> str:
+        """One line per dataloader hook, as Lightning prints it: `{Train dataloader: size=64}` (the dataset's length,
+        `NA` when it has none, `None` when the hook gives no dataloader; several loaders are numbered)."""
+        lines = []
+        for title, hook in (("Train dataloader", "train_dataloader"), ("Validation dataloader", "val_dataloader"),
+                            ("Test dataloader", "test_dataloader"), ("Predict dataloader", "predict_dataloader")):
+            try:
+                described = _describe_loaders(getattr(self, hook)())
+            except Exception:  # the hook is not implemented, or fails before setup(): nothing to describe
+                described = "None"
+            lines.append(f"{{{title}: {described}}}")
+        return os.linesep.join(lines)
+
     @classmethod
     def from_datasets(
         cls,
@@ -222,3 +236,20 @@ def _map_datasets(data: Any, fn: Callable[[Dataset], DataLoader]) -> Any:
     if isinstance(data, (list, tuple)):
         return type(data)(_map_datasets(v, fn) for v in data)
     return data
+
+
+def _describe_loaders(loaders: Any) -> str:
+    """`size=N` for one DataLoader, `1. size=N ; 2. size=M` for a collection of them (`None` for a non-loader)."""
+    def size(loader: Any) -> str:
+        if not isinstance(loader, DataLoader):
+            return "None"
+        dataset = loader.dataset
+        return f"size={len(dataset) if isinstance(dataset, Sized) else 'NA'}"
+
+    if isinstance(loaders, DataLoader):
+        return size(loaders)
+    items = list(loaders.values()) if isinstance(loaders, Mapping) else loaders
+    if not isinstance(items, (list, tuple)):
+        return "None"
+    return " ; ".join(f"{i}. {size(dl)}" if isinstance(dl, DataLoader) else "None"
+                      for i, dl in enumerate(items, start=1))

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from engine.datamodule import move_data_to_device
-from engine.errors import MisconfigurationException
+from engine.errors import MisconfigurationException, user_stacklevel
 from engine.hparams import HyperparametersMixin
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -145,9 +145,13 @@ class LightningModule(HyperparametersMixin, nn.Module):
             rank_zero_only: bool = False) -> None:
         """Record a scalar for callbacks, the progress bar and loggers (Lightning's `self.log`)."""
         trainer = self._trainer
-        if trainer is None:
-            warnings.warn(f"self.log({name!r}, ...) was called but {type(self).__name__} is not attached to a "
-                          "Trainer; the value is dropped", stacklevel=2)
+        if trainer is None:  # Lightning warns (once) and drops the value
+            if not self.__dict__.get("_warned_unattached_log"):
+                self.__dict__["_warned_unattached_log"] = True
+                warnings.warn(f"You are trying to `self.log({name!r}, ...)` but the `self.trainer` reference is not "
+                              f"registered on {type(self).__name__} yet: it is not attached to a Trainer (the model "
+                              "hasn't been passed to the `Trainer`); the value is dropped", UserWarning,
+                              stacklevel=user_stacklevel())
             return
         if trainer.barebones:
             warnings.warn(f"self.log({name!r}, ...) does nothing with Trainer(barebones=True)", stacklevel=2)
@@ -171,7 +175,11 @@ class LightningModule(HyperparametersMixin, nn.Module):
                  on_step: bool | None = None, on_epoch: bool | None = None, reduce_fx: Any = "mean",
                  enable_graph: bool = False, sync_dist: bool = False, sync_dist_group: Any = None,
                  add_dataloader_idx: bool = True, batch_size: int | None = None, rank_zero_only: bool = False) -> None:
-        """`self.log` for every item of `dictionary`."""
+        """`self.log` for every item of `dictionary` (each metric of a torchmetrics.MetricCollection)."""
+        if not isinstance(dictionary, Mapping):
+            from engine.results import metric_collection_items
+
+            dictionary = metric_collection_items(dictionary) or dictionary
         if not isinstance(dictionary, Mapping):
             raise MisconfigurationException(
                 f"self.log_dict expected a mapping of names to values, got {type(dictionary).__name__}")

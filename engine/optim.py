@@ -13,7 +13,7 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau
 
-from engine.errors import MisconfigurationException, OptimizationConfigError
+from engine.errors import MisconfigurationException, OptimizationConfigError, user_stacklevel
 
 __all__ = ["LRSchedulerConfig", "LightningOptimizer", "parse_optimizers"]
 
@@ -28,13 +28,14 @@ _ACCEPTED_FORMATS = (
     " * None (train without an optimizer)"
 )
 _OPTIM_DICT_KEYS = frozenset({"optimizer", "lr_scheduler", "monitor"})
-_SCHEDULER_KEYS = frozenset({"scheduler", "name", "interval", "frequency", "reduce_on_plateau", "monitor", "strict"})
+_SCHEDULER_KEYS = frozenset({"scheduler", "name", "interval", "frequency", "reduce_on_plateau", "monitor", "strict",
+                            "opt_idx"})
 _MANUAL_IGNORED_KEYS = ("reduce_on_plateau", "monitor", "strict")
 
 
 @dataclass(slots=True)
 class LRSchedulerConfig:
-    """One LR scheduler plus when to step it; `opt_idx` is the index of its optimizer in the parsed list."""
+    """One LR scheduler plus when to step it; `opt_idx` is None unless the scheduler dict gives it (Lightning 2.x)."""
 
     scheduler: Any
     name: str | None = None
@@ -59,7 +60,7 @@ def parse_optimizers(
         warnings.warn(
             f"`configure_optimizers` returned {_short_repr(returned)}; this fit will run without an optimizer.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
         return [], [], None
     configs = [
@@ -71,8 +72,8 @@ def parse_optimizers(
             "exactly one. Set `self.automatic_optimization = False` in your LightningModule's `__init__` and step "
             "them yourself in `training_step` with `opt1, opt2 = self.optimizers()`."
         )
-    for config in configs:
-        config.opt_idx = _owner_index(config.scheduler, optimizers)
+    for config in configs:  # every scheduler must belong to a returned optimizer (its index is not stored)
+        _owner_index(config.scheduler, optimizers)
     return optimizers, configs, monitor
 
 
@@ -125,7 +126,7 @@ def _split_dict(d: Mapping, returned: Any) -> tuple[Optimizer, list[Any], str | 
             f"`configure_optimizers` returned a dict with unsupported keys {sorted(extra)}; they are ignored. "
             f"Supported keys: {sorted(_OPTIM_DICT_KEYS)}.",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
     scheds = [d["lr_scheduler"]] if d.get("lr_scheduler") is not None else []
     return _unwrap(d["optimizer"]), scheds, d.get("monitor")
@@ -154,7 +155,7 @@ def _to_config(raw: Any, fallback_monitor: str | None, automatic: bool, returned
             f"The lr scheduler dict returned by `configure_optimizers` has unsupported keys {sorted(extra)}; they "
             f"are dropped. Supported keys: {sorted(_SCHEDULER_KEYS)}.",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
         cfg = {k: v for k, v in cfg.items() if k in _SCHEDULER_KEYS}
     if "scheduler" not in cfg:
@@ -183,7 +184,7 @@ def _to_config(raw: Any, fallback_monitor: str | None, automatic: bool, returned
                 f"The lr scheduler dict contains {ignored}, which are ignored under manual optimization: call "
                 "`lr_scheduler.step()` yourself in `training_step` or `on_train_epoch_end`.",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
             cfg = {k: v for k, v in cfg.items() if k not in _MANUAL_IGNORED_KEYS}
         return LRSchedulerConfig(**cfg)
@@ -202,7 +203,7 @@ def _to_config(raw: Any, fallback_monitor: str | None, automatic: bool, returned
         warnings.warn(
             "A `OneCycleLR` scheduler is using 'interval': 'epoch'. Are you sure you didn't mean 'interval': 'step'?",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
     return LRSchedulerConfig(**cfg)
 
@@ -272,6 +273,9 @@ class LightningOptimizer:
         step_fn: Callable[..., Any] | None = None,
     ) -> None:
         self._optimizer = _unwrap(optimizer)
+        cls = _wrapper_class(type(self._optimizer))
+        if cls is not None:  # `isinstance(self.optimizers(), torch.optim.Adam)` holds, as for Lightning's wrapper
+            self.__class__ = cls
         self.on_before_step = on_before_step
         self.on_after_step = on_after_step
         self.step_fn = step_fn
@@ -329,6 +333,9 @@ class LightningOptimizer:
             self.on_after_step(opt)
         return result
 
+    def __reduce_ex__(self, protocol: Any) -> Any:  # rebuilt through __init__, which re-mixes the optimizer class
+        return LightningOptimizer, (self._optimizer, self.on_before_step, self.on_after_step, self.step_fn)
+
     def __getattr__(self, name: str) -> Any:
         # only called when normal lookup fails; guard against recursion before `_optimizer` exists (copy/pickle)
         if name == "_optimizer":
@@ -337,3 +344,21 @@ class LightningOptimizer:
 
     def __repr__(self) -> str:
         return f"LightningOptimizer({self._optimizer!r})"
+
+
+_WRAPPER_CLASSES: dict[type, type | None] = {}
+
+
+def _wrapper_class(optimizer_cls: type) -> type | None:
+    """`LightningOptimizer` mixed with the user's optimizer class (one class per optimizer type), so the wrapper is
+    an instance of it; None for an optimizer-like object that is no torch Optimizer."""
+    if optimizer_cls not in _WRAPPER_CLASSES:
+        made: type | None = None
+        if issubclass(optimizer_cls, Optimizer) and not issubclass(optimizer_cls, LightningOptimizer):
+            try:
+                made = type(f"Lightning{optimizer_cls.__name__}", (LightningOptimizer, optimizer_cls),
+                            {"__module__": __name__, "__doc__": LightningOptimizer.__doc__})
+            except TypeError:  # a class that cannot be mixed in (layout conflict): the plain wrapper
+                made = None
+        _WRAPPER_CLASSES[optimizer_cls] = made
+    return _WRAPPER_CLASSES[optimizer_cls]

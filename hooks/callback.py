@@ -8,6 +8,7 @@ checkpointing: `is_monitor = True`) run after the module on `on_train_epoch_end`
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
 from engine.bus import CALLBACK, MODULE, MONITOR, Bus, Subscription
@@ -21,6 +22,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from engine.trainer import Trainer
 
 __all__ = ["Callback", "attach_callback", "attach_module", "attach_run"]
+
+# callback -> the module of the run it was last attached to, for `Callback.log` (weak both ways: nothing is kept alive)
+_RUN_MODULES: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 
 
 class Callback:
@@ -43,6 +47,28 @@ class Callback:
 
     def _generate_state_key(self, **kwargs: Any) -> str:
         return f"{type(self).__qualname__}{repr(kwargs)}"
+
+    def log(self, name: str, value: Any, **kwargs: Any) -> None:
+        """`self.log(...)` inside a hook logs through the module being run (`pl_module.log`, in this hook's
+        context): a statetrain convenience, same arguments as `LightningModule.log`."""
+        self._run_module(f"{type(self).__name__}.log({name!r}, ...)").log(name, value, **kwargs)
+
+    def log_dict(self, dictionary: Any, **kwargs: Any) -> None:
+        """`self.log_dict(...)` inside a hook: `pl_module.log_dict` of the module being run."""
+        self._run_module(f"{type(self).__name__}.log_dict(...)").log_dict(dictionary, **kwargs)
+
+    def _run_module(self, call: str) -> Any:
+        try:
+            ref = _RUN_MODULES.get(self)
+        except TypeError:  # an unhashable callback (e.g. a dataclass with eq=True) is not tracked
+            ref = None
+        module = ref() if ref is not None else None
+        if module is None:
+            from engine.errors import MisconfigurationException
+
+            raise MisconfigurationException(f"{call} was called outside a run: call it from one of the callback's "
+                                            "hooks while the Trainer runs it (or use pl_module.log there)")
+        return module
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None: ...
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None: ...
@@ -130,6 +156,11 @@ def attach_callback(bus: Bus, callback: Callback, trainer: "Trainer", module: "L
                     priority: int = CALLBACK) -> list[Subscription]:
     """Subscribe each hook `callback` overrides, with Lightning's signature and `self.log` context."""
     subs = []
+    if module is not None:
+        try:
+            _RUN_MODULES[callback] = weakref.ref(module)  # what `Callback.log` logs through (outside it: pickling)
+        except TypeError:
+            pass
     natives = type(callback).native_handlers
     for event_type, name in LIGHTNING_HOOKS.items():
         if not _overrides(callback, Callback, name) or not callback.listens_to(name):

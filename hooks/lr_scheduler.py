@@ -19,13 +19,13 @@ import warnings
 from typing import TYPE_CHECKING, Any, Callable
 
 from engine.bus import MONITOR
-from engine.errors import MisconfigurationException
+from engine.errors import MisconfigurationException, user_stacklevel
 
 if TYPE_CHECKING:  # pragma: no cover
     from engine.events import BatchCompleted, EpochCompleted, OptimizerStepped
     from engine.optim import LRSchedulerConfig
 
-__all__ = ["LRSchedulerStepper", "lr_stepper_for"]
+__all__ = ["LRSchedulerStepper", "lr_stepper_for", "check_scheduler_api"]
 
 
 class LRSchedulerStepper:
@@ -83,8 +83,9 @@ class LRSchedulerStepper:
                     f"ReduceLROnPlateau conditioned on metric {c.monitor!r}, which is not in "
                     f"trainer.callback_metrics (available: {available}); log it with self.log({c.monitor!r}, ...) "
                     "or set 'strict': False in the scheduler config")
-            warnings.warn(f"ReduceLROnPlateau: metric {c.monitor!r} not found (available: {available}); "
-                          "skipping this scheduler step", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"ReduceLROnPlateau conditioned on metric {c.monitor} which is not available but strict "
+                          f"is set to `False`. Skipping learning rate update (available: {available}).",
+                          RuntimeWarning, stacklevel=user_stacklevel())
             return
         self.call("lr_scheduler_step", c.scheduler, metrics[c.monitor])
 
@@ -93,7 +94,26 @@ def lr_stepper_for(run: Any) -> LRSchedulerStepper | None:
     """The stepper for a fit (a `RunContext.fit_handlers` factory): under automatic optimization only, when there are
     schedulers or a callback declares `adds_lr_schedulers = True` (it may add one at an epoch start)."""
     pipeline = run.pipeline
+    if pipeline.automatic:
+        check_scheduler_api(pipeline.lr_scheduler_configs, run.module)
     if not pipeline.automatic or not (pipeline.lr_scheduler_configs
                                       or any(getattr(cb, "adds_lr_schedulers", False) for cb in run.callbacks)):
         return None
     return LRSchedulerStepper(pipeline.lr_scheduler_configs, call=run.call_module)
+
+
+def check_scheduler_api(configs: list["LRSchedulerConfig"], module: Any) -> None:
+    """Under automatic optimization the Trainer steps the schedulers: one that is not a torch `LRScheduler` or
+    `ReduceLROnPlateau` needs the module's `lr_scheduler_step` to say how (Lightning's check and message)."""
+    from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+    from engine.loops.data import overridden
+    from engine.module import LightningModule
+
+    for c in configs:
+        if not isinstance(c.scheduler, (LRScheduler, ReduceLROnPlateau)) and not overridden(
+                module, LightningModule, "lr_scheduler_step"):
+            raise MisconfigurationException(
+                f"The provided lr scheduler `{type(c.scheduler).__name__}` doesn't follow PyTorch's LRScheduler API. "
+                "You should override the `LightningModule.lr_scheduler_step` hook with your own logic if you are "
+                "using a custom LR scheduler.")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
 
-from engine.errors import MisconfigurationException
+from engine.errors import MisconfigurationException, PossibleUserWarning, user_stacklevel
 
 if TYPE_CHECKING:  # pragma: no cover
     from engine.loops.context import RunContext
@@ -134,7 +134,7 @@ def resume_iterator(loader: Any, skip: int) -> Any:
         return iter(DataLoader(**kwargs))
     warnings.warn(f"resuming mid-epoch from a {type(loader).__name__} that cannot skip by index (an IterableDataset "
                   f"or a custom iterable): its first {skip} batches of the epoch are loaded and dropped",
-                  UserWarning, stacklevel=3)
+                  UserWarning, stacklevel=user_stacklevel())
     it = iter(loader)
     for _ in range(skip):
         if next(it, None) is None:
@@ -146,7 +146,7 @@ def without_shuffle(loader: Any) -> Any:
     """overfit_batches: the same first batches every epoch, so a shuffled DataLoader gets a SequentialSampler."""
     if isinstance(loader, DataLoader) and isinstance(loader.sampler, RandomSampler) and loader.batch_size:
         warnings.warn("You requested to overfit but enabled train dataloader shuffling; statetrain replaces the "
-                      "sampler with a SequentialSampler", UserWarning, stacklevel=3)
+                      "sampler with a SequentialSampler", UserWarning, stacklevel=user_stacklevel())
         return _rebuild(loader, sampler=SequentialSampler(loader.dataset))
     return loader
 
@@ -170,23 +170,44 @@ def maybe_seed_workers(loader: Any, global_rank: int) -> Any:
 
 
 def check_not_empty(loaders: Sequence[Any], what: str) -> None:
-    """A dataloader of length 0 is a mistake: say which one and why it may be empty."""
+    """A train dataloader of length 0 is a mistake: say which one and why it is empty (a documented departure:
+    Lightning warns, then trains nothing)."""
     for i, dl in enumerate(loaders):
         if has_len(dl) and len(dl) == 0:
-            ds = getattr(dl, "dataset", None)
-            detail = ""
-            if ds is not None and has_len(ds):
-                detail = (f" (dataset of {len(ds)} samples, batch_size={getattr(dl, 'batch_size', None)}, "
-                          f"drop_last={getattr(dl, 'drop_last', None)})")
             suffix = f" #{i}" if len(loaders) > 1 else ""
             raise MisconfigurationException(
-                f"the {what} dataloader{suffix} has length 0{detail}; it yields no batch. Give it data, lower "
-                "batch_size or set drop_last=False")
+                f"the {what} dataloader{suffix} has length 0{_why_empty(dl)}; it yields no batch")
+
+
+def _why_empty(dl: Any) -> str:
+    """Why a sized dataloader has no batch, with the fix that applies."""
+    ds, bs, drop = getattr(dl, "dataset", None), getattr(dl, "batch_size", None), getattr(dl, "drop_last", None)
+    if ds is None or not has_len(ds):
+        return ""
+    if len(ds) == 0:
+        return " (dataset of 0 samples: give it data)"
+    if drop and bs is not None and len(ds) < bs:
+        return (f" (dataset of {len(ds)} samples, batch_size={bs}, drop_last=True: lower batch_size or set "
+                "drop_last=False)")
+    return f" (dataset of {len(ds)} samples, batch_size={bs}, drop_last={drop}: its sampler yields nothing)"
+
+
+def warn_if_empty(loaders: Sequence[Any]) -> None:
+    """An empty validation/test/predict dataloader: Lightning's warning; the loop then skips it (0 batches)."""
+    for dl in loaders:
+        if has_len(dl) and len(dl) == 0:
+            warnings.warn(f"Total length of `{type(dl).__name__}` across ranks is zero. Please make sure this was "
+                          f"your intention.{_why_empty(dl)}", UserWarning, stacklevel=user_stacklevel())
 
 
 # -- where the loops get their data ----------------------------------------------------------------------------------
 def overridden(obj: Any, base: type, name: str) -> bool:
-    """Whether `obj`'s class overrides `base.name`."""
+    """Whether `obj` overrides `base.name`: in its class, or assigned on the instance (a function, a mock);
+    `None` there turns the hook off (`model.validation_step = None`), as in Lightning."""
+    if getattr(obj, name, None) is None:
+        return False
+    if name in getattr(obj, "__dict__", ()):
+        return True
     return getattr(type(obj), name, None) is not getattr(base, name, None)
 
 
@@ -239,6 +260,9 @@ class DataSources:
         if fn == "fit":
             self.train_source = source(train, "train_dataloader")
             self.val_source = source(val, "val_dataloader")
+            if self.val_source is not None and not overridden(model, LightningModule, "validation_step"):
+                warnings.warn("You passed in a `val_dataloader` but have no `validation_step`. Skipping val loop.",
+                              UserWarning, stacklevel=user_stacklevel())
         else:
             hook = {"validate": "val_dataloader", "test": "test_dataloader", "predict": "predict_dataloader"}[fn]
             self.eval_source = source(eval_loaders, hook)
@@ -275,7 +299,8 @@ class DataSources:
             self.warned_log_interval = True
             warnings.warn(f"The number of training batches ({self.num_training_batches}) is smaller than the logging "
                           f"interval Trainer(log_every_n_steps={every}). Set a lower value for log_every_n_steps if "
-                          "you want to see logs for the training epoch.", UserWarning, stacklevel=2)
+                          "you want to see logs for the training epoch.", PossibleUserWarning,
+                          stacklevel=user_stacklevel())
         self.last_train_reload = ctx.progress.epoch
         vci = s.val_check_interval
         if isinstance(vci, int) and not isinstance(vci, bool):
@@ -308,7 +333,7 @@ class DataSources:
         if self.val_loaders is None or (stage == "validate" and n and epoch - self.last_val_reload >= n):
             assert self.val_source is not None
             loaders = [self._process(dl, "validate") for dl in as_loader_list(self.val_source(), "val_dataloaders")]
-            check_not_empty(loaders, "val")
+            warn_if_empty(loaders)
             self.val_loaders = loaders
             self.last_val_reload = epoch
             self.val_dataloaders = loaders[0] if len(loaders) == 1 else loaders
@@ -319,7 +344,7 @@ class DataSources:
         """The loaders of trainer.validate/test/predict and their batch limits."""
         assert self.eval_source is not None
         loaders = [self._process(dl, stage) for dl in as_loader_list(self.eval_source(), f"{stage} dataloaders")]
-        check_not_empty(loaders, stage)
+        warn_if_empty(loaders)
         what = {"validate": "val", "test": "test", "predict": "predict"}[stage]
         limits = [num_batches(dl, getattr(self.ctx.settings, f"limit_{what}_batches"), what) for dl in loaders]
         attr = {"validate": "val_dataloaders", "test": "test_dataloaders", "predict": "predict_dataloaders"}[stage]

@@ -19,7 +19,7 @@ from engine.errors import MisconfigurationException
 from engine.loops.data import overridden
 from engine.machine import DONE, Machine
 from engine.results import ResultCollection
-from engine.state import Stage, Timestamp
+from engine.state import Stage, Timestamp, TrainerFn
 
 if TYPE_CHECKING:  # pragma: no cover
     from engine.loops.context import RunContext
@@ -201,6 +201,8 @@ class EvalLoop:
     def run(self) -> Any:
         """Run the evaluation machine under no_grad (in fit) or inference_mode (validate/test/predict)."""
         run = self.run_context
+        if not any(self.limits):  # every dataloader is empty (warned when loaded): the loop is skipped (Lightning)
+            return None if self.stage == "predict" else []
         if self.in_fit or not run.settings.inference_mode:
             grad: Any = torch.no_grad()
         else:
@@ -224,6 +226,10 @@ def build_eval_machine() -> Machine:
 def check_step_implemented(module: Any, stage: str) -> None:
     """trainer.test() without test_step (etc.) fails before any work, naming the method."""
     step = STAGES[stage].step
+    if step == "predict_step" and getattr(module, step, None) is None:
+        raise MisconfigurationException(
+            f"`predict_step` cannot be None to run `Trainer.predict` ({type(module).__name__}.predict_step is None); "
+            "remove the assignment or define `def predict_step(self, batch, batch_idx)`")
     if step != "predict_step" and not _overridden(module, step):
         raise MisconfigurationException(
             f"trainer.{'validate' if stage == 'validate' else stage}() needs {type(module).__name__}.{step}"
@@ -234,7 +240,7 @@ def run_eval_stage(run: "RunContext", stage: str, return_predictions: bool) -> A
     """The whole of trainer.validate/test/predict inside the run frame: setup, the eval machine, teardown."""
     p = run.progress
     p.set_timestamp(Timestamp(epoch=p.epoch, global_step=p.global_step))  # keep epoch and step, restart the rest
-    run.setup_common(stage)
+    run.setup_common(TrainerFn(stage))
     if run.resume_from is not None:  # ckpt_path=: weights, datamodule and handler states (Lightning's order)
         from engine.loops.resume import restore_modules
 
@@ -244,5 +250,5 @@ def run_eval_stage(run: "RunContext", stage: str, return_predictions: bool) -> A
     run.call_module("zero_grad")
     loaders, limits = run.sources.load_eval(stage)
     out = EvalLoop(run, stage, loaders, limits, in_fit=False, return_predictions=return_predictions).run()
-    run.teardown_common(stage)
+    run.teardown_common(TrainerFn(stage))
     return out

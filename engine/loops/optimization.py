@@ -4,7 +4,7 @@ Per micro-batch:
 
     [wrap train_step
         forward   [wrap forward / provide forward]      training_step(batch, batch_idx)
-        loss      the loss from its output (checked; None skips backward and the step)
+        loss      the loss from its output (checked; None skips backward; the step still runs)
         zero_grad BeforeZeroGrad, optimizer_zero_grad   (first micro-batch of a window: policy.zero_grad_due)
         backward  [wrap backward / provide backward]    BeforeBackward, provider | module.backward | loss.backward,
                                                         AfterBackward

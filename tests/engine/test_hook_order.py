@@ -24,7 +24,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -683,6 +682,55 @@ def test_predict_hook_order(tmp_path: Path) -> None:
         C("teardown", stage="predict"),
     ]
     assert_calls(run(tmp_path, TinyModelWithModelTrain, "predict"), expected)
+
+
+def test_predict_with_datamodule_hook_order(tmp_path: Path) -> None:
+    """``trainer.predict(model, datamodule=dm)`` starts with ``configure_callbacks`` as fit/validate/test do, then the
+    datamodule's ``prepare_data`` and ``setup`` before the callbacks' and the module's (Lightning's ``Trainer._run``),
+    and the datamodule gives the dataloader."""
+    recorder = Recorder()
+    model = hooked(TinyModelWithModelTrain)(recorder)
+    trainer = make_trainer(tmp_path, HookedCallback(recorder))
+    trainer.predict(model, datamodule=HookedTinyDataModule(recorder))
+    batch = [
+        C("on_before_batch_transfer", BATCH, 0),
+        C("transfer_batch_to_device", BATCH, CPU, 0),
+        C("on_after_batch_transfer", BATCH, 0),
+    ]
+    expected = [
+        C("configure_callbacks"),
+        C("DataModule.prepare_data"),
+        C("prepare_data"),
+        C("DataModule.setup", stage="predict"),
+        C("Callback.setup", T, M, stage="predict"),
+        C("setup", stage="predict"),
+        C("configure_model"),
+        C("zero_grad"),
+        C("DataModule.predict_dataloader"),
+        C("train", False),
+        C("on_predict_model_eval"),
+        C("Callback.on_predict_start", T, M),
+        C("on_predict_start"),
+        C("Callback.on_predict_epoch_start", T, M),
+        C("on_predict_epoch_start"),
+        *[call for i in range(2) for call in (
+            *batch,
+            C("Callback.on_predict_batch_start", T, M, BATCH, i),
+            C("on_predict_batch_start", BATCH, i),
+            C("forward", BATCH),
+            C("predict_step", BATCH, i),
+            C("Callback.on_predict_batch_end", T, M, PRED, BATCH, i),
+            C("on_predict_batch_end", PRED, BATCH, i),
+        )],
+        C("Callback.on_predict_epoch_end", T, M),
+        C("on_predict_epoch_end"),
+        C("Callback.on_predict_end", T, M),
+        C("on_predict_end"),
+        C("DataModule.teardown", stage="predict"),
+        C("Callback.teardown", T, M, stage="predict"),
+        C("teardown", stage="predict"),
+    ]
+    assert_calls(recorder.calls, expected)
 
 
 def test_manual_optimization_fit_hook_order(tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ def test_two_lists(model: nn.Module) -> None:
     step, lam = StepLR(opt, 2), LambdaLR(opt, lambda e: 0.5**e)
     opts, configs, monitor = parse_optimizers(([opt], [step, lam]))
     assert opts == [opt] and monitor is None
-    assert configs == [LRSchedulerConfig(step, opt_idx=0), LRSchedulerConfig(lam, opt_idx=0)]
+    assert configs == [LRSchedulerConfig(step), LRSchedulerConfig(lam)]
     assert configs[0].interval == "epoch" and configs[0].frequency == 1 and configs[0].strict is True
 
 
@@ -61,7 +61,7 @@ def test_two_lists_second_part_single_item(model: nn.Module) -> None:
     _, configs, _ = parse_optimizers([[opt], step])
     assert [c.scheduler for c in configs] == [step]
     _, configs, _ = parse_optimizers(([opt], {"scheduler": step, "interval": "step", "frequency": 3, "name": "lr"}))
-    assert configs == [LRSchedulerConfig(step, name="lr", interval="step", frequency=3, opt_idx=0)]
+    assert configs == [LRSchedulerConfig(step, name="lr", interval="step", frequency=3)]
 
 
 def test_two_lists_with_empty_schedulers(model: nn.Module) -> None:
@@ -79,7 +79,7 @@ def test_dict_with_scheduler_and_monitor(model: nn.Module) -> None:
     plateau = ReduceLROnPlateau(opt)
     opts, configs, monitor = parse_optimizers({"optimizer": opt, "lr_scheduler": plateau, "monitor": "val_loss"})
     assert opts == [opt] and monitor == "val_loss"
-    assert configs == [LRSchedulerConfig(plateau, reduce_on_plateau=True, monitor="val_loss", opt_idx=0)]
+    assert configs == [LRSchedulerConfig(plateau, reduce_on_plateau=True, monitor="val_loss")]
 
 
 def test_plateau_config_dict_takes_top_level_monitor(model: nn.Module) -> None:
@@ -111,7 +111,7 @@ def test_list_of_dicts_manual_optimization(model: nn.Module) -> None:
     )
     opts, configs, monitor = parse_optimizers(returned, automatic_optimization=False)
     assert opts == [opt_g, opt_d]
-    assert configs == [LRSchedulerConfig(sched_d, interval="step", opt_idx=1)]
+    assert configs == [LRSchedulerConfig(sched_d, interval="step")]
     assert monitor == "g_loss"
 
 
@@ -119,21 +119,24 @@ def test_single_dict_in_list_automatic(model: nn.Module) -> None:
     opt = sgd(model)
     step = StepLR(opt, 1)
     opts, configs, _ = parse_optimizers([{"optimizer": opt, "lr_scheduler": step}])
-    assert opts == [opt] and configs[0].scheduler is step and configs[0].opt_idx == 0
+    assert opts == [opt] and configs[0].scheduler is step and configs[0].opt_idx is None
 
 
-def test_opt_idx_points_at_owner(model: nn.Module) -> None:
+def test_opt_idx_is_none_unless_given(model: nn.Module) -> None:
+    """Lightning 2.x leaves `opt_idx` None (its field is only kept for configs that pass it)."""
     a, b = sgd(model), Adam(nn.Linear(1, 1).parameters())
     sb, sa = StepLR(b, 1), LambdaLR(a, lambda e: 1.0)
     _, configs, _ = parse_optimizers(([a, b], [sb, sa]), automatic_optimization=False)
-    assert [c.opt_idx for c in configs] == [1, 0]
+    assert [c.opt_idx for c in configs] == [None, None]
+    _, configs, _ = parse_optimizers({"optimizer": a, "lr_scheduler": {"scheduler": sa, "opt_idx": 0}})
+    assert configs[0].opt_idx == 0
 
 
 def test_lightning_optimizer_returned_is_unwrapped(model: nn.Module) -> None:
     opt = sgd(model)
     step = StepLR(opt, 1)
     opts, configs, _ = parse_optimizers(([LightningOptimizer(opt)], [step]))
-    assert opts == [opt] and opts[0] is opt and configs[0].opt_idx == 0
+    assert opts == [opt] and opts[0] is opt and configs[0].scheduler is step
 
 
 @pytest.mark.parametrize("returned", [None, [], (), ([], [])])
@@ -153,11 +156,11 @@ def test_unknown_optimizer_dict_keys_warn(model: nn.Module) -> None:
 def test_unknown_scheduler_dict_keys_are_dropped(model: nn.Module) -> None:
     opt = sgd(model)
     step = StepLR(opt, 1)
-    with pytest.warns(RuntimeWarning, match=r"unsupported keys \['foo', 'opt_idx'\]; they are dropped"):
+    with pytest.warns(RuntimeWarning, match=r"unsupported keys \['foo'\]; they are dropped"):
         _, configs, _ = parse_optimizers(
             {"optimizer": opt, "lr_scheduler": {"scheduler": step, "foo": 1, "opt_idx": 7}}
         )
-    assert configs == [LRSchedulerConfig(step, opt_idx=0)]
+    assert configs == [LRSchedulerConfig(step, opt_idx=7)]
 
 
 def test_one_cycle_with_epoch_interval_warns(model: nn.Module) -> None:
@@ -180,7 +183,7 @@ def test_manual_optimization_ignores_plateau_keys(model: nn.Module) -> None:
             },
             automatic_optimization=False,
         )
-    assert configs == [LRSchedulerConfig(plateau, interval="step", opt_idx=0)]
+    assert configs == [LRSchedulerConfig(plateau, interval="step")]
     # a bare plateau scheduler needs no monitor under manual optimization
     _, configs, _ = parse_optimizers(([opt], [plateau]), automatic_optimization=False)
     assert configs[0].reduce_on_plateau is False and configs[0].monitor is None

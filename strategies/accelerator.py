@@ -64,14 +64,59 @@ def resolve_device(accelerator: object, devices: object = "auto") -> torch.devic
         f"Trainer(accelerator={accelerator!r}): unknown accelerator; expected one of {', '.join(_KNOWN)}")
 
 
-def select_strategy(settings: Any) -> Any:
-    """The strategy for a run, from the Trainer's settings (Lightning's 'auto' resolution on one process).
+_DDP_NAMES = {"ddp": ("popen", False), "ddp_spawn": ("spawn", False),
+              "ddp_find_unused_parameters_true": ("popen", True), "ddp_find_unused_parameters_false": ("popen", False),
+              "ddp_spawn_find_unused_parameters_true": ("spawn", True),
+              "ddp_spawn_find_unused_parameters_false": ("spawn", False)}
 
-    An instance passed as `strategy=` is used as it is; 'auto' and 'single_device' give a SingleDeviceStrategy on the
-    resolved device. Multi-process strategies come with the strategies issue and are refused by the config today."""
+
+def _wants_processes(settings: Any) -> bool:
+    """'auto' resolution: more than one device or more than one node means DDP (Lightning's `_choose_strategy`)."""
+    from strategies.ddp import _count_devices
+
+    devices = settings.devices
+    if settings.num_nodes > 1:
+        return True
+    if devices == "auto" or devices == 1 or devices == "1":
+        return False
+    name = str(settings.accelerator).lower()
+    kind = "cuda" if name in ("cuda", "gpu") or (name == "auto" and cuda_available()) else name
+    if kind == "mps":
+        return False
+    return _count_devices(devices, kind) > 1
+
+
+def select_strategy(settings: Any) -> Any:
+    """The strategy for a run, from the Trainer's settings (Lightning's 'auto' resolution).
+
+    An instance passed as `strategy=` is used as it is (a DDPStrategy learns devices/num_nodes/plugins from the
+    Trainer); 'auto' picks DDP for more than one device or node, else a SingleDeviceStrategy on the resolved device;
+    'ddp', 'ddp_spawn' and the find_unused_parameters variants build a DDPStrategy."""
     flag = getattr(settings, "strategy", "auto")
     if flag is not None and not isinstance(flag, str) and hasattr(flag, "setup_module"):
+        configure = getattr(flag, "configure", None)
+        if callable(configure) and not getattr(flag, "configured", True):
+            configure(settings.accelerator, settings.devices, settings.num_nodes, getattr(settings, "plugins", None))
+        if hasattr(flag, "use_distributed_sampler"):
+            flag.use_distributed_sampler = settings.use_distributed_sampler
         return flag
+    name = flag if isinstance(flag, str) else "auto"
+    if name == "auto" and _wants_processes(settings):
+        name = "ddp"
+    if name in _DDP_NAMES:
+        from strategies.ddp import DDPStrategy
+
+        if str(settings.accelerator).lower() == "mps" or (str(settings.accelerator).lower() == "gpu"
+                                                         and mps_available()):
+            raise MisconfigurationException(
+                f"Trainer(strategy={flag!r}, accelerator={settings.accelerator!r}): DDP does not run on MPS; use "
+                "strategy='auto' for one MPS device, or accelerator='cpu' with devices=N for N processes")
+        start, unused = _DDP_NAMES[name]
+        strategy = DDPStrategy(start_method=start, find_unused_parameters=unused)
+        strategy.configure(settings.accelerator, settings.devices, settings.num_nodes,
+                           getattr(settings, "plugins", None))
+        strategy.use_distributed_sampler = settings.use_distributed_sampler
+        return strategy
     from strategies.single_device import SingleDeviceStrategy
 
     return SingleDeviceStrategy(resolve_device(settings.accelerator, settings.devices))

@@ -1,4 +1,5 @@
-"""`python -m engine ...`: show the built-in machines (`graph`) or train a tiny demo model (`demo`)."""
+"""`python -m engine ...`: show a machine (`graph`, built-in or `--machine module:callable`), train a tiny demo model
+(`demo`), or work with event traces (`trace schema|show|summary|diff|replay`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,17 @@ __all__ = ["main"]
 def _graph(args: argparse.Namespace) -> int:
     from engine.loops import build_eval_machine, build_fit_machine
 
-    machine = build_fit_machine() if args.machine == "fit" else build_eval_machine()
+    if args.machine in ("fit", "evaluate"):
+        machine = build_fit_machine() if args.machine == "fit" else build_eval_machine()
+    else:  # a user's machine: module:callable returning a Machine (or module:NAME holding one)
+        from engine.machine import Machine
+        from engine.trace.cli import load_object
+
+        obj = load_object(args.machine, "--machine")
+        machine = obj if isinstance(obj, Machine) else obj()
+        if not isinstance(machine, Machine):
+            raise SystemExit(f"--machine {args.machine!r}: expected a Machine or a callable returning one, got "
+                             f"{type(machine).__name__}")
     render = {"mermaid": machine.to_mermaid, "dot": machine.to_dot, "text": machine.__str__}[args.format]
     print(render())
     return 0
@@ -51,14 +62,17 @@ def _demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("graph", help="print a built-in machine")
-    g.add_argument("--machine", choices=("fit", "evaluate"), default="fit")
+    g = sub.add_parser("graph", help="print a machine as Mermaid, dot or text")
+    g.add_argument("--machine", default="fit", help="fit, evaluate, or module:callable returning a Machine")
     g.add_argument("--format", choices=("mermaid", "dot", "text"), default="mermaid")
     g.set_defaults(run=_graph)
     d = sub.add_parser("demo", help="train a tiny regression model on CPU")
     d.add_argument("--epochs", type=int, default=3)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(run=_demo)
+    from engine.trace.cli import add_trace_parser
+
+    add_trace_parser(sub)
     args = parser.parse_args(argv)
     return args.run(args)
 

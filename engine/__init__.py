@@ -3,7 +3,7 @@
 `import engine as pl` gives `pl.Trainer`, `pl.LightningModule`, `pl.LightningDataModule`, `pl.Callback` and
 `pl.seed_everything`; the events, the bus and the machine are here too for custom handlers and loops. Lightning's
 import paths are submodules: `engine.callbacks`, `engine.loggers`, `engine.profilers`, `engine.utilities`,
-`engine.core`.
+`engine.core`, `engine.tuner`.
 
 Import layering: this package imports only leaf modules eagerly (none of them imports `hooks` or the Trainer).
 `Trainer`, `Callback`, the handlers and the Lightning-path submodules load on first access (PEP 562), so
@@ -40,7 +40,7 @@ _LAZY = {"Trainer": "engine.trainer", "Callback": "hooks.callback"}
 _HANDLERS = ("ModelCheckpoint", "OnExceptionCheckpoint", "EarlyStopping", "ModelSummary", "TensorBoardLogger",
              "CSVLogger", "Logger", "TQDMProgressBar", "LearningRateMonitor", "Timer", "ThroughputMonitor", "SimpleProfiler", "PyTorchProfiler")
 # Submodules reachable as attributes without importing them first, as `pl.loggers.CSVLogger` is in Lightning.
-_SUBMODULES = ("callbacks", "loggers", "profilers", "utilities", "core", "trainer", "loops")
+_SUBMODULES = ("callbacks", "loggers", "profilers", "utilities", "core", "trainer", "loops", "tuner")
 
 __all__ = [
     "Trainer", "LightningModule", "LightningDataModule", "Callback", "seed_everything", "Machine", "Bus",

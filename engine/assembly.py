@@ -15,7 +15,7 @@ from engine.config import TrainerConfig
 from engine.errors import MisconfigurationException
 
 __all__ = ["set_torch_flags", "default_callbacks", "build_loggers", "build_profiler", "is_progress_bar",
-           "configure_messages", "print_results"]
+           "configure_messages", "print_results", "build_tracers", "with_tracers", "replay_attach"]
 
 
 def set_torch_flags(s: Any) -> None:
@@ -90,6 +90,58 @@ def build_loggers(s: Any) -> list[Any]:
 
         return [TensorBoardLogger(save_dir=s.default_root_dir)]
     return list(flag) if isinstance(flag, (list, tuple)) else [flag]
+
+
+def build_tracers(s: Any, loggers: list[Any]) -> list[Any]:
+    """The trace recorder (`trace=`: default 'step' next to the logs, but only when the run has a logger, so
+    logger=False and fast_dev_run write nothing unless `trace` is given) and the verifier (`verify_trace=`)."""
+    from hooks.trace_recorder import TraceRecorder
+
+    tracers = []
+    if s.trace is None and loggers and _remote(getattr(loggers[0], "save_dir", None)):
+        from engine.log import log
+
+        log.info("No default trace: the logs go to a URL and traces are written to local files only; pass "
+                 "Trainer(trace='local/path/trace.jsonl') to record one")
+    elif s.trace is not False and (s.trace is not None or loggers):
+        from engine.trace.schema import TraceConfig
+
+        tracers.append(TraceRecorder(s.trace if s.trace is not None else TraceConfig()))
+    if s.verify_trace is not None:
+        from engine.trace.verify import TraceVerifier
+
+        verifier = TraceVerifier(s.verify_trace)
+        tracers.append(TraceRecorder(verifier.config, sink=verifier))
+    return tracers
+
+
+def _remote(save_dir: Any) -> bool:
+    from engine.utilities.cloud_io import is_remote
+
+    return save_dir is not None and is_remote(save_dir)
+
+
+def with_tracers(attach: Any, tracers: list[Any], bus: Any) -> Any:
+    """The run's attach function with the tracers subscribed last (TRACE band), for the run only (StateChanged,
+    which the machine checks before a run starts, for the Trainer's lifetime)."""
+    if not tracers:
+        return attach
+    for tracer in tracers:
+        tracer.subscribe(bus, lifetime=True)
+
+    def attach_run_and_trace(bus: Any, callbacks: list[Any], trainer: Any, module: Any) -> tuple[list, list]:
+        subs, handlers = attach(bus, callbacks, trainer, module)
+        for tracer in tracers:
+            subs.extend(tracer.subscribe(bus))
+        return subs, handlers
+    return attach_run_and_trace
+
+
+def replay_attach(bus: Any, handlers: list[Any], trainer: Any) -> tuple[list, list]:
+    """Attach handlers for a trace replay the way a run does (Lightning callbacks through their adapter)."""
+    from hooks.callback import attach_run
+
+    return attach_run(bus, handlers, trainer, None)
 
 
 def build_profiler(flag: Any) -> Any:

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
-from engine.errors import MisconfigurationException
+from engine.errors import MisconfigurationException, user_stacklevel
 
 __all__ = ["TrainerConfig", "RunSettings", "FlagTypeError"]
 
@@ -112,6 +112,37 @@ _REMOVED_FLAGS = {
     "truncated_bptt_steps": "split the sequence yourself in training_step with manual optimization",
 }
 
+
+def _no_units(value: Any) -> bool:
+    """None, 0, '0', '' or an empty list: in Lightning 1.x `gpus=`/`tpu_cores=`/... with this meant "none of them"."""
+    if isinstance(value, str):
+        return value.strip() in ("", "0")
+    if isinstance(value, (list, tuple)):
+        return not value
+    return value is None or (value == 0 and not isinstance(value, bool))
+
+
+# A removed flag whose value meant "off" in 1.x (gpus=0 is the CPU, progress_bar_refresh_rate=0 no bar): the advice
+# for that value, since the general one (e.g. devices=0) would be wrong.
+_REMOVED_FLAGS_OFF: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "gpus": (_no_units, "gpus={value!r} meant the CPU: use Trainer(accelerator='cpu')"),
+    "tpu_cores": (_no_units, "tpu_cores={value!r} meant no TPU: use Trainer(accelerator='cpu')"),
+    "ipus": (_no_units, "ipus={value!r} meant no IPU: use Trainer(accelerator='cpu')"),
+    "hpus": (_no_units, "hpus={value!r} meant no HPU: use Trainer(accelerator='cpu')"),
+    "progress_bar_refresh_rate": (lambda v: v == 0, "progress_bar_refresh_rate=0 turned the bar off: use "
+                                  "enable_progress_bar=False"),
+    "weights_summary": (lambda v: v is None, "weights_summary=None turned the summary off: use "
+                        "enable_model_summary=False"),
+    "track_grad_norm": (lambda v: v == -1, "track_grad_norm=-1 was off: drop the flag"),
+    "auto_lr_find": (lambda v: v is False, "auto_lr_find=False was off: drop the flag"),
+    "auto_scale_batch_size": (lambda v: v is False, "auto_scale_batch_size=False was off: drop the flag"),
+    "auto_select_gpus": (lambda v: v is False, "auto_select_gpus=False was off: drop the flag"),
+    "stochastic_weight_avg": (lambda v: v is False, "stochastic_weight_avg=False was off: drop the flag"),
+    "terminate_on_nan": (lambda v: v is False, "terminate_on_nan=False was off: drop the flag"),
+    "resume_from_checkpoint": (lambda v: v is None, "resume_from_checkpoint=None was off: drop the flag"),
+    "log_gpu_memory": (lambda v: v is None, "log_gpu_memory=None was off: drop the flag"),
+}
+
 _NO_DEVICES = " (zero devices is not valid; to run on the CPU pass accelerator='cpu', devices=1)"
 _DURATION_RE = re.compile(r"(\d+):(\d\d):(\d\d):(\d\d)")
 
@@ -197,26 +228,22 @@ def _is_plain_object(value: Any) -> bool:
     return value is not None and not isinstance(value, (bool, numbers.Number, str, bytes, list, tuple, dict, set))
 
 
-def _one_process_strategy(value: Any) -> bool:
-    """A Strategy instance that runs in this one process (world_size 1), e.g. a SingleDeviceStrategy subclass."""
-    return (not isinstance(value, str) and getattr(value, "world_size", None) == 1
-            and callable(getattr(value, "setup_module", None)) and callable(getattr(value, "launch", None)))
+_AVAILABLE_STRATEGIES = ("auto", "single_device", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true",
+                         "ddp_find_unused_parameters_false", "ddp_spawn_find_unused_parameters_true",
+                         "ddp_spawn_find_unused_parameters_false")
 
 
-def _device_count(devices: Any) -> int | None:
-    """How many devices a (validated) `devices` value asks for; None means "all" (-1). 'auto' counts as one for now."""
-    if isinstance(devices, list):
-        return len(devices)
-    if isinstance(devices, str):
-        text = devices.strip()
-        if text == "auto":
-            return 1
-        if text == "-1":
-            return None
-        if "," in text:
-            return len([part for part in text.split(",") if part.strip()])
-        return int(text)
-    return None if devices == -1 else devices
+def _strategy_instance(value: Any) -> bool:
+    """A Strategy object (it sets the module up and launches stages), e.g. a SingleDeviceStrategy or DDPStrategy."""
+    return (not isinstance(value, str) and callable(getattr(value, "setup_module", None))
+            and callable(getattr(value, "launch", None)))
+
+
+def _only_cluster_environments(value: Any) -> bool:
+    """Every plugin is a cluster environment (rank detection), the one plugin kind statetrain takes today."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return all(callable(getattr(p, "world_size", None)) and hasattr(p, "creates_processes_externally")
+               for p in items)
 
 
 def _is_off(value: Any) -> bool:
@@ -228,15 +255,14 @@ def _is_off(value: Any) -> bool:
 # The default value of each flag leaves the feature off. Delete an entry when its feature lands.
 _NOT_YET: dict[str, tuple[Callable[[Any], bool], str]] = {
     "strategy": (
-        lambda v: not (isinstance(v, str) and v in ("auto", "single_device")) and not _one_process_strategy(v),
-        "strategies other than 'auto'/'single_device' (or a one-process Strategy instance)",
+        lambda v: not (isinstance(v, str) and v in _AVAILABLE_STRATEGIES) and not _strategy_instance(v),
+        "strategies other than 'auto', 'single_device', 'ddp', 'ddp_spawn' and their find_unused_parameters "
+        "variants (or a Strategy instance)",
     ),
-    "devices": (lambda v: _device_count(v) != 1, "training on more than one device"),
-    "num_nodes": (lambda v: v != 1, "multi-node training"),
-    "profiler": (lambda v: isinstance(v, str) and v in ("advanced", "xla"), "the 'advanced' and 'xla' profilers"),
-    "plugins": (lambda v: not _is_off(v), "plugins (Precision/CheckpointIO/ClusterEnvironment/LayerSync)"),
+    "profiler": (lambda v: isinstance(v, str) and v == "xla", "the 'xla' profiler"),
+    "plugins": (lambda v: not _is_off(v) and not _only_cluster_environments(v),
+                "plugins other than a ClusterEnvironment (Precision/CheckpointIO/LayerSync)"),
     "sync_batchnorm": (lambda v: v is True, "synchronised batch norm"),
-    "val_check_interval": (_is_time_based, "time-based validation intervals"),
     "model_registry": (lambda v: v is not None, "the model registry"),
 }
 
@@ -286,6 +312,9 @@ class RunSettings:
     profiler: Any = None
     log_format: str | None = None
     on_nonfinite_loss: str | None = None
+    trace: Any = None  # None (default: on at 'step' when a logger exists), False, or an engine.trace TraceConfig
+    verify_trace: str | None = None
+    plugins: Any = None  # the ClusterEnvironment plugins (strategies.environment)
 
 
 # -------------------------------------------------------------------------------------------------------- the model
@@ -347,6 +376,10 @@ class TrainerConfig(BaseModel):
     suggest_integrations: bool = True
     # statetrain extension: framework messages as 'console' text or 'json' lines ('auto'/None: $STATETRAIN_LOG_FORMAT)
     log_format: str | None = None
+    # statetrain extension: the event trace (engine.trace); None = 'step' next to the logs when there is a logger
+    trace: Any = None
+    # statetrain extension: re-run against a recorded trace and stop at the first divergence (TraceDivergence)
+    verify_trace: Any = None
     # statetrain extension: a NaN/inf loss raises ('error'), skips the step ('skip'), warns ('warn'); None: no check
     on_nonfinite_loss: str | None = "error"
 
@@ -464,12 +497,42 @@ class TrainerConfig(BaseModel):
                 True if self.enable_progress_bar is None else self.enable_progress_bar),
             profiler=self.profiler,
             log_format=self.log_format,
+            trace=self.trace,
+            verify_trace=self.verify_trace,
             on_nonfinite_loss=None if self.barebones else self.on_nonfinite_loss,
+            plugins=self.plugins,
         )
 
     def to_json_dict(self) -> dict[str, Any]:
         """All flags as JSON-safe values (objects become their class name), for trace headers."""
         return {name: _jsonable(getattr(self, name)) for name in type(self).model_fields}
+
+    def info_messages(self) -> list[str]:
+        """Lightning's informational lines about the batch-limit flags the user set to exactly 1 or 1.0 (and the
+        fast_dev_run notice), in Lightning's words; the Trainer logs them when it is built."""
+        fast = int(self.fast_dev_run)
+        if fast:
+            return [f"Running in `fast_dev_run` mode: will run the requested loop using {fast} batch(es). "
+                    "Logging and checkpointing is suppressed."]
+        names = ["limit_test_batches", "limit_predict_batches"]
+        if not self.overfit_batches:
+            names[:0] = ["limit_train_batches", "limit_val_batches"]
+        if not _is_time_based(self.val_check_interval):
+            names.append("val_check_interval")
+        out = []
+        for name in names:
+            value = getattr(self, name)
+            if _is_int(value) and value == 1:
+                what = {"limit_train_batches": "1 batch per epoch will be used.",
+                        "val_check_interval": "validation will run after every batch."}.get(
+                            name, "1 batch will be used.")
+                out.append(f"`Trainer({name}=1)` was configured so {what}")
+            elif isinstance(value, float) and value == 1.0:
+                what = {"limit_train_batches": "100% of the batches per epoch will be used.",
+                        "val_check_interval": "validation will run at the end of the training epoch."}.get(
+                            name, "100% of the batches will be used.")
+                out.append(f"`Trainer({name}=1.0)` was configured so {what}.")  # sic: Lightning's double period
+        return out
 
     def _limits(self) -> tuple[Any, Any, Any, Any]:
         return (self.limit_train_batches, self.limit_val_batches, self.limit_test_batches, self.limit_predict_batches)
@@ -558,7 +621,7 @@ class TrainerConfig(BaseModel):
                 f"Trainer(precision={value!r}) is a legacy alias whose use is discouraged; "
                 f"write precision={resolved!r} instead.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
         return resolved
 
@@ -730,6 +793,43 @@ class TrainerConfig(BaseModel):
             return value
         _fail("log_format", value, "None, 'auto', 'console' or 'json'", wrong_type=not isinstance(value, str))
 
+    @field_validator("trace", mode="before")
+    @classmethod
+    def _v_trace(cls, value: Any) -> Any:
+        from engine.trace.schema import LEVELS, TraceConfig
+
+        expected = ("None (on at 'step' when there is a logger), False, True, 'epoch', 'step', 'full', a .jsonl file "
+                    "path, or an engine.trace.TraceConfig")
+        if value is None or value is False or isinstance(value, TraceConfig):
+            return value
+        if value is True:
+            return TraceConfig()
+        if isinstance(value, str) and value in LEVELS:
+            return TraceConfig(level=value)
+        if isinstance(value, os.PathLike) or (isinstance(value, str) and (
+                value.endswith((".jsonl", ".json")) or "/" in value or os.sep in value)):
+            return TraceConfig(path=os.fspath(value))
+        if isinstance(value, str):
+            close = difflib.get_close_matches(value, LEVELS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else " (a path must end in .jsonl or contain a '/')"
+            raise MisconfigurationException(f"Trainer(trace={value!r}): expected {expected}{hint}")
+        _fail("trace", value, expected, wrong_type=True)
+
+    @field_validator("verify_trace", mode="before")
+    @classmethod
+    def _v_verify_trace(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, (str, os.PathLike)):
+            _fail("verify_trace", value, "None or the path of a trace.jsonl recorded by an earlier run",
+                  wrong_type=True)
+        path = os.fspath(value)
+        if not os.path.isfile(path):
+            raise MisconfigurationException(
+                f"Trainer(verify_trace={path!r}): no such file; pass the trace.jsonl an earlier run wrote (by "
+                "default next to its logs, e.g. lightning_logs/version_0/trace.jsonl)")
+        return path
+
     @field_validator("profiler", mode="before")
     @classmethod
     def _v_profiler(cls, value: Any) -> Any:
@@ -808,7 +908,8 @@ class TrainerConfig(BaseModel):
 # -------------------------------------------------------------------------------------------------- error helpers
 def _unknown_flag_message(name: str, value: Any) -> str:
     if name in _REMOVED_FLAGS:
-        fix = _REMOVED_FLAGS[name].format(value=value)
+        off = _REMOVED_FLAGS_OFF.get(name)
+        fix = (off[1] if off is not None and off[0](value) else _REMOVED_FLAGS[name]).format(value=value)
         return f"Trainer({name}={value!r}): '{name}' is a Lightning 1.x flag that was removed in Lightning 2.0; {fix}."
     close = difflib.get_close_matches(name, TrainerConfig.model_fields, n=1, cutoff=0.6)
     if close:

@@ -18,11 +18,13 @@ import torch
 from torch import Tensor
 
 from engine import assembly, checkpoint
+from engine import state as states  # Lightning's `lightning.pytorch.trainer.states` path: engine.trainer.states
 from engine.bus import CALLBACK, Bus, Subscription
 from engine.config import TrainerConfig
 from engine.control import Control
 from engine.datamodule import LightningDataModule
-from engine.errors import MisconfigurationException
+from engine.errors import MisconfigurationException, PossibleUserWarning, user_stacklevel
+from engine.log import log_lines
 from engine.loops.context import RunContext, check_model, no_model, run_stage
 from engine.loops.data import overridden
 from engine.loops.evaluate import build_eval_machine, check_step_implemented
@@ -38,6 +40,7 @@ from hooks.precision import precision_for, resolve_precision
 from strategies.accelerator import select_strategy
 
 __all__ = ["Trainer"]
+sys.modules.setdefault(f"{__name__}.states", states)
 
 
 def _setting(name: str) -> property:
@@ -74,6 +77,8 @@ class Trainer:
         assembly.set_torch_flags(s)
         self.bus = Bus()
         assembly.configure_messages(s.log_format, self.strategy.global_rank)
+        if self.strategy.is_global_zero:
+            log_lines(self.config.info_messages())
         callbacks, time_limit = assembly.default_callbacks(s, self.config, list(s.callbacks))
         if time_limit and self.config.max_epochs is None and self.config.max_steps == -1:
             s.max_epochs = -1  # a time limit replaces the 1000-epoch default, as in Lightning
@@ -81,9 +86,12 @@ class Trainer:
         self.warn_default_epochs = warn_default_epochs
         self.ckpt_path: str | None = None  # the checkpoint the last run loaded (Lightning's trainer.ckpt_path)
         self.profiler: Any = assembly.build_profiler(s.profiler)
+        loggers = assembly.build_loggers(s)
+        self.tracers = assembly.build_tracers(s, loggers)  # trace recorder / verifier (engine.trace), run handlers
         self._rc = RunContext(self, self.config, s, self.strategy, self.bus, build_fit_machine(),
-                              build_eval_machine(), callbacks, assembly.build_loggers(s), attach_callbacks=attach_run,
-                              fit_handlers=[lr_stepper_for, clipping_for], stage_handlers=[precision_for])
+                              build_eval_machine(), callbacks, loggers, fit_handlers=[lr_stepper_for, clipping_for],
+                              attach_callbacks=assembly.with_tracers(attach_run, self.tracers, self.bus),
+                              stage_handlers=[precision_for])
 
     # -- the run context and what the Trainer assembled -------------------------------------------------------------
     @property
@@ -187,7 +195,7 @@ class Trainer:
         self._load_ckpt(ckpt_path, "fit", weights_only)
         if self.warn_default_epochs:
             warnings.warn("`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch limit, "
-                          "set `max_epochs=-1`.", UserWarning, stacklevel=2)
+                          "set `max_epochs=-1`.", PossibleUserWarning, stacklevel=user_stacklevel())
         self.strategy.launch(run_stage, self._rc, "fit", model, self.profiler)
 
     def validate(self, model: LightningModule | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
@@ -230,7 +238,7 @@ class Trainer:
             if ckpt_path is None and handlers and handlers[0].best_model_path:
                 warnings.warn(f"`.{stage}(ckpt_path=None)` was called without a model: the best model of the "
                               f"previous `fit` call is used ({handlers[0].best_model_path}); pass "
-                              f"`.{stage}(ckpt_path='best')` to say so", UserWarning, stacklevel=3)
+                              f"`.{stage}(ckpt_path='best')` to say so", UserWarning, stacklevel=user_stacklevel())
                 ckpt_path = "best"
         else:
             check_model(model, stage)
@@ -238,8 +246,7 @@ class Trainer:
             datamodule, dataloaders = dataloaders, None
         if datamodule is not None and dataloaders is not None:
             raise MisconfigurationException(f"trainer.{stage}: pass either dataloaders or datamodule=..., not both")
-        if stage != "predict":
-            check_step_implemented(model, stage)
+        check_step_implemented(model, stage)
         self._use_datamodule(datamodule)
         self._rc.sources.prepare(stage, model, datamodule, eval_loaders=dataloaders)
         self._load_ckpt(ckpt_path, stage, weights_only)
@@ -438,6 +445,12 @@ class Trainer:
     validating = _stage_is(Stage.VALIDATE)
     testing = _stage_is(Stage.TEST)
     predicting = _stage_is(Stage.PREDICT)
+
+    @property
+    def progress_bar_callback(self) -> Any:
+        """The first progress bar among the callbacks (TQDMProgressBar or another `*ProgressBar`), or None."""
+        return next((c for c in self.callbacks if any(k.__name__.endswith("ProgressBar") for k in type(c).__mro__)),
+                    None)
 
     @property
     def checkpoint_callback(self) -> Any:

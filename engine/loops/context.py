@@ -33,7 +33,7 @@ from torch import Tensor
 from engine import events as ev
 from engine.bus import LOGGER, Bus, Subscription, declares_context
 from engine.control import Control, ControlRequest
-from engine.errors import LoggerError, MisconfigurationException
+from engine.errors import LoggerError, MisconfigurationException, user_stacklevel
 from engine.loops.data import BatchTransfer, DataSources, overridden
 from engine.loops.progress import Progress
 from engine.results import LoggedMetrics, ResultCollection
@@ -205,15 +205,23 @@ class RunContext:
                 step = self.progress.batches_stepped
         self.bus.call(hs, ev.MetricsWritten(self, self.progress.timestamp(), to_floats(metrics), step))
 
-    def log_hyperparams(self) -> None:
-        """Hyperparameters from save_hyperparameters() (module and datamodule) and the Trainer config."""
-        if not self.loggers or not self.settings.enable_autolog_hparams:
-            return
+    def hyperparams(self) -> dict[str, Any] | None:
+        """What `log_hyperparams` gives the loggers: save_hyperparameters() of the module and datamodule and the
+        Trainer config; None when hyperparameters are not logged (no logger, enable_autolog_hparams=False)."""
+        if not self.loggers or not self.settings.enable_autolog_hparams or not self.strategy.is_global_zero:
+            return None
         params: dict[str, Any] = {}
         for owner in (self.datamodule, self.module):
             if owner is not None and owner.hparams_logged:
                 params.update(owner.hparams_initial)
         params["trainer"] = self.config.to_json_dict()
+        return params
+
+    def log_hyperparams(self) -> None:
+        """Hyperparameters from save_hyperparameters() (module and datamodule) and the Trainer config."""
+        params = self.hyperparams()
+        if params is None:
+            return
         for lg in self.loggers:
             lg.log_hyperparams(params)
             if self.module is not None and hasattr(lg, "log_graph"):
@@ -223,9 +231,9 @@ class RunContext:
     def finalize_loggers(self, status: str, raise_strict: bool = True) -> None:
         """finalize(status) on every logger; a strict logger that failed to write turns the run into an error."""
         failed = []
-        for lg in self.loggers:
+        for lg in self.loggers if self.strategy.is_global_zero else ():
             lg.finalize(status)
-            if getattr(lg, "strict", False) and getattr(lg, "error", None) is not None:
+            if getattr(lg, "strict", False) is True and getattr(lg, "error", None) is not None:  # not a mock's attr
                 failed.append(lg)
         if failed and raise_strict:
             raise LoggerError(
@@ -347,7 +355,7 @@ class RunContext:
             new_subs, handlers = self.attach_callbacks(bus, self.callbacks, self.trainer, self.module)
             subs.extend(new_subs)
             self.run_handlers.extend(handlers)
-            for lg in self.loggers:
+            for lg in self.loggers if self.strategy.is_global_zero else ():  # loggers write on rank 0 only
                 subs.append(bus.subscribe(ev.MetricsWritten, _logger_sink(lg), priority=LOGGER,
                                           name=f"{type(lg).__qualname__}.log_metrics"))
 
@@ -406,6 +414,11 @@ class RunContext:
         if overridden(model, LightningModule, "configure_model"):
             self.call_module("configure_model")
         self.model = self.strategy.setup_module(model)
+        stage_handler = getattr(self.strategy, "stage_handler", None)  # e.g. the DDP sync handler (no_sync, agreement)
+        handler = stage_handler(self) if stage_handler is not None else None
+        if handler is not None:
+            self.bus.attach(handler)
+            self.run_handlers.append(handler)
         self.precision = None
         for factory in self.stage_handlers:
             handler = factory(self)
@@ -454,7 +467,7 @@ class RunContext:
         """A warning shown once per Trainer."""
         if key not in self.warned:
             self.warned.add(key)
-            warnings.warn(message, category, stacklevel=3)
+            warnings.warn(message, category, stacklevel=user_stacklevel())
 
     # -- checkpoints: boundaries ------------------------------------------------------------------------------------
     def at_boundary(self, write: Callable[[], None]) -> None:
@@ -504,7 +517,8 @@ class RunContext:
                 if outside_run:
                     self.detach_run_handlers()
         self.call_module("on_save_checkpoint", ckpt)
-        return checkpoint.save(ckpt, path)
+        write = getattr(self.strategy, "save_checkpoint", None)  # a distributed strategy writes on rank 0 only
+        return write(ckpt, path) if write is not None else checkpoint.save(ckpt, path)
 
     def checkpoint_handlers(self) -> list[Any]:
         """The ModelCheckpoint-like handlers of the run (they know `best_model_path`)."""
@@ -587,7 +601,7 @@ def run_stage(run: RunContext, fn: str, model: Any, profiler: Any = None, *args:
 def _logger_sink(lg: Any) -> Callable[[Any], None]:
     """A logger as a MetricsWritten handler: write the floats at the event's step, then save."""
     def write(event: Any) -> None:
-        lg.log_metrics(event.metrics, event.step)
+        lg.log_metrics(metrics=event.metrics, step=event.step)  # keywords, as Lightning calls it (mocks, subclasses)
         lg.save()
     write.__qualname__ = f"{type(lg).__qualname__}.log_metrics"
     return write

@@ -31,6 +31,7 @@ EpochCompleted, attached for the fit through `RunContext.fit_handlers`.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
@@ -43,7 +44,7 @@ from engine.loops.evaluate import EvalLoop, accepts_batch_idx
 from engine.loops.optimization import SkipStep
 from engine.machine import DONE, Machine
 from engine.seed import collect_rng_states, set_rng_states
-from engine.state import Stage
+from engine.state import Stage, TrainerFn
 
 if TYPE_CHECKING:  # pragma: no cover
     from engine.loops.context import RunContext
@@ -80,6 +81,10 @@ class FitLoop:
         self.resume_next: str | None = None  # where setup sends a resumed fit
         self.pending_grads: dict[str, Tensor] | None = None
         self._resume_rng: dict | None = None  # RNG states to restore right after the first resumed fetch
+        # a second `fit` on this Trainer continues from the counters the first left (Lightning's fit loop keeps them)
+        self.continued = run.progress.epoch > 0 or run.progress.global_step > 0
+        self.last_val_time = 0.0  # time-based val_check_interval: when training started or validation last ended
+        self.since_last_val = self._since_last_val if run.settings.val_check_time_interval is not None else None
 
     # -- views of the progress ------------------------------------------------------------------------------------
     @property
@@ -109,6 +114,16 @@ class FitLoop:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.run.load_state_dict(state)
+
+    # -- the wall clock of a time-based val_check_interval (read only when that flag is set) ---------------------------
+    def _since_last_val(self) -> float:
+        """Seconds since training started or validation last ended."""
+        return time.monotonic() - self.last_val_time
+
+    def restart_val_clock(self) -> None:
+        """Training (re)starts or a validation ended: the time-based val_check_interval counts from now."""
+        if self.since_last_val is not None:
+            self.last_val_time = time.monotonic()
 
     # -- pieces a custom state can reuse ----------------------------------------------------------------------------
     def fetch(self) -> bool:
@@ -204,7 +219,7 @@ class FitLoop:
         return self.pipeline.closure()
 
     def loss_of(self, out: Any) -> Tensor | None:
-        """The loss from training_step's return (Tensor or dict with 'loss'); None skips the step."""
+        """The loss from training_step's return (Tensor or dict with 'loss'); None: no backward, the step still runs."""
         if type(out) is Tensor and out.requires_grad and not out.ndim:  # the usual case: a scalar loss
             self.extra = None
             self.outputs = None
@@ -223,9 +238,14 @@ class FitLoop:
                 raise MisconfigurationException(
                     f"{name}.training_step returned {{'loss': {type(loss).__name__}}}; the loss must be a Tensor "
                     "computed from the model's outputs")
-        elif out is None:
-            self.run.warn_once("training_step_none", f"{name}.training_step returned None: statetrain skips "
-                               "backward and the optimizer step for that batch")
+        elif out is None:  # Lightning: warn, skip backward; zero_grad and the optimizer step still run and count
+            if self.run.world_size > 1:
+                raise RuntimeError(
+                    f"{name}.training_step returned None: skipping the `training_step` by returning None in "
+                    "distributed training is not supported (the processes would disagree on the step); rewrite the "
+                    "training logic so every process returns a loss")
+            self.run.warn_once("training_step_none", "`training_step` returned `None`. If this was on purpose, "
+                               "ignore this warning...")
             self.extra = None
             self.loss = None
             self.outputs = {}
@@ -288,7 +308,7 @@ class FitLoop:
             if run.val_on:
                 return "validation"
         elif run.val_on and policy.should_validate(p, run.settings, run.sources.val_check_batch,
-                                                   control.stop_requested):
+                                                   control.stop_requested, self.since_last_val):
             return "validation"
         self.batch_completed()
         return self.after_batch()
@@ -323,10 +343,14 @@ class FitLoop:
         run = self.run
         run.announce("fit")
         p = self.progress
+        carried = (p.epoch, p.global_step, p.batches_seen, p.samples_seen, p.total_batch_idx, p.batches_stepped)
         p.reset()
+        if self.continued:  # a fit after a fit on this Trainer goes on from its counters (Lightning)
+            (p.epoch, p.global_step, p.batches_seen, p.samples_seen, p.total_batch_idx,
+             p.batches_stepped) = carried
         run.train_results = run.new_results(training=True)
         run.eval_results = run.new_results(training=False)
-        run.setup_common("fit")
+        run.setup_common(TrainerFn.FITTING)
         self.step_fn = run.step_method("training_step")
         ckpt = run.resume_from
         if ckpt is not None:
@@ -337,6 +361,7 @@ class FitLoop:
         run.attach_fit_handlers()
         self.optimizer = self.pipeline.optimizer
         run.fire_simple(ev.FitStarted)
+        self.restart_val_clock()
         if ckpt is not None:
             from engine.loops.resume import restore_training
 
@@ -374,12 +399,14 @@ class FitLoop:
         sources = run.sources
         if not p.train_started:
             sources.load_train()
+            self.restart_val_clock()
             p.train_started = True
             run.fire_simple(ev.TrainStarted)
         if self.done(mid_epoch=False):  # e.g. should_stop set in on_train_start
             return "teardown"
         if policy.should_reload(p.epoch, sources.last_train_reload, run.settings.reload_dataloaders_every_n_epochs):
             sources.load_train()
+            self.restart_val_clock()  # Lightning restarts it whenever the train data is set up
         p.start_epoch()
         self._pending = None
         run.control.skip_epoch_requested = False
@@ -488,7 +515,7 @@ class FitLoop:
         run.metrics.attach(None)
         run.metrics.teardown()
         run.fire_simple(ev.FitEnded)
-        run.teardown_common("fit")
+        run.teardown_common(TrainerFn.FITTING)
 
 
 # -- the state functions --------------------------------------------------------------------------------------------
@@ -498,6 +525,8 @@ def setup(loop: FitLoop) -> str:
     loop.setup_fit()
     if loop.resume_next is not None and loop.resume_next != "epoch_start":  # mid-epoch: no sanity check
         return loop.resume_next
+    if loop.continued and loop.run.resume_from is None and loop.done(mid_epoch=False):
+        return "teardown"  # fit called again with max_epochs/max_steps already reached: nothing to do, and it says so
     s = loop.run.settings
     if policy.should_sanity_check(loop.run.val_on, s):
         return "validation"
@@ -526,17 +555,17 @@ def batch(loop: FitLoop) -> str:
     loop.loss = loop.loss_of(loop.training_step())
     if loop.loss is not None and pipeline.context.accumulate != 1:  # the mean over the accumulation window
         loop.loss = loop.loss / pipeline.context.accumulate
-    if loop.loss is None:  # training_step returned None: no backward, no step
-        pipeline.end_micro_batch()
-        return loop.finish_batch()
-    return "backward"
+    return "backward"  # also when training_step returned None: zero_grad and the step run, backward does not
 
 
 def backward(loop: FitLoop) -> str:
     """BeforeZeroGrad, optimizer_zero_grad, BeforeBackward, backward, AfterBackward; the step next when due."""
     pipeline = loop.pipeline
     optimizer = loop.optimizer = pipeline.optimizer
-    if pipeline.plain_zero_grad and pipeline.plain_backward:  # nobody listens: the plain calls (the hot path)
+    if loop.loss is None:  # training_step returned None: no backward (Lightning's closure skips it)
+        if pipeline.zero_grad_due(loop.progress.batch_idx):
+            pipeline.zero_grad(optimizer, loop.progress.batch_idx)
+    elif pipeline.plain_zero_grad and pipeline.plain_backward:  # nobody listens: the plain calls (the hot path)
         if pipeline.zero_grad_due(loop.progress.batch_idx):
             optimizer.zero_grad()
         pipeline.backward_fn(loop.loss)
@@ -562,8 +591,10 @@ def validation(loop: FitLoop) -> str:
     if not p.sanity_done:
         p.sanity_done = True
         loop.sanity_check()
+        loop.restart_val_clock()
         return "teardown" if policy.fit_skipped(loop.run.settings) else "epoch_start"
     loop.validate()
+    loop.restart_val_clock()
     return loop.after_batch()
 
 

@@ -6,13 +6,14 @@ changes the policy, `None` removes the check, and `callbacks=[NonFiniteLoss(...)
     'skip'             skip that batch's optimizer step (control.skip_step) and drop its gradients
     'warn'             warn and go on (the weights may become NaN)
 
-It checks the loss in BeforeBackward: one host sync per step (on CPU about 2 µs; on CUDA it waits for the step's
+It checks the loss in BeforeBackward: one host sync per step (on CPU about 1 µs for a scalar loss; on CUDA it waits for the step's
 forward to finish, so a GPU run that wants every bit of overlap sets `on_nonfinite_loss=None`). Barebones mode and
 manual optimization (no BeforeBackward from the loop unless `manual_backward` is used) leave it out or idle.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -44,7 +45,9 @@ class NonFiniteLoss:
 
     def on_before_backward(self, event: Any) -> None:
         loss = event.loss
-        if bool(torch.isfinite(loss.detach()).all()):  # host sync: the price of the check
+        value = loss.detach()
+        # host sync: the price of the check; a scalar's .item() costs well under a µs on a CPU, isfinite() ~7 µs
+        if math.isfinite(value.item()) if value.ndim == 0 else bool(torch.isfinite(value).all()):
             return
         ts = event.timestamp
         where = f"epoch {ts.epoch}, batch {ts.batch_in_epoch} (global step {ts.global_step})"

@@ -526,10 +526,7 @@ class RunContext:
 
     def resolve_ckpt_path(self, ckpt_path: Any, fn: str) -> Any:
         """`ckpt_path`: a path, 'best' (the first checkpoint handler's best model) or 'last' (the newest last*.ckpt
-        of the checkpoint handlers); None stays None."""
-        import os
-        from pathlib import Path
-
+        of the checkpoint handlers, local or at a URL); None stays None."""
         if ckpt_path is None:
             return None
         handlers = self.checkpoint_handlers()
@@ -542,20 +539,23 @@ class RunContext:
                     + ("" if handlers else " (there is no ModelCheckpoint in callbacks)")
                     + "; run fit with a ModelCheckpoint first, or pass a path")
             return best
-        if ckpt_path == "last":
-            found = [Path(h.last_model_path) for h in handlers if getattr(h, "last_model_path", "")]
-            found.extend(Path(h.ckpt_path) for h in handlers if isinstance(getattr(h, "ckpt_path", None), str))
-            folders = [h.dirpath for h in handlers if h.dirpath] + [self.signal_checkpoint_path().parent]
+        if ckpt_path == "last":  # local folders or fsspec URLs (engine.utilities.cloud_io)
+            from fnmatch import fnmatch
+
+            from engine.utilities import cloud_io
+
+            found = [str(h.last_model_path) for h in handlers if getattr(h, "last_model_path", "")]
+            found.extend(h.ckpt_path for h in handlers if isinstance(getattr(h, "ckpt_path", None), str))
+            folders = [str(h.dirpath) for h in handlers if h.dirpath] + [str(self.signal_checkpoint_path().parent)]
             for folder in folders:
-                if os.path.isdir(folder):
-                    found.extend(Path(folder).glob("last*.ckpt"))
-                    found.extend(Path(folder).glob("on_signal.ckpt"))
-            found = [f for f in found if f.is_file()]
+                found.extend(cloud_io.join(folder, name) for name in cloud_io.listdir(folder)
+                             if fnmatch(name, "last*.ckpt") or name == "on_signal.ckpt")
+            found = [f for f in dict.fromkeys(found) if cloud_io.isfile(f)]
             if not found:
                 self.warn_once(f"no_last_{fn}", f"trainer.{fn}(ckpt_path='last'): no last checkpoint found; "
                                "starting from scratch")
                 return None
-            return str(max(found, key=lambda f: f.stat().st_mtime))
+            return max(found, key=cloud_io.modified)
         return str(ckpt_path)
 
     def data_position(self) -> dict[str, Any]:

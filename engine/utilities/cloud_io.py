@@ -141,6 +141,19 @@ def listdir(path: str, dirs_only: bool = False) -> list[str]:
             if (not dirs_only or info.get("type") == "directory") and info["name"].rstrip("/") != root]
 
 
+def modified(path: str) -> float:
+    """The modification time of a file, in seconds (0.0 where a remote filesystem does not say)."""
+    path = _strip_file(path)
+    if not is_remote(path):
+        return os.path.getmtime(path)
+    fs, p = filesystem(path)
+    try:
+        stamp = fs.modified(p)
+    except (NotImplementedError, OSError, AttributeError):
+        return 0.0
+    return stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
+
+
 def makedirs(path: str) -> None:
     """Create `path` and its parents (a no-op on object stores, which have no directories)."""
     path = _strip_file(path)

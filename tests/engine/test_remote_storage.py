@@ -168,6 +168,17 @@ def test_save_checkpoint_and_resume_from_a_url_match_a_local_resume(kit, root, t
     assert all(torch.equal(from_url[k], from_file[k]) for k in from_url)
 
 
+def test_ckpt_path_last_finds_the_last_checkpoint_at_a_url(kit, root) -> None:
+    from engine.callbacks import ModelCheckpoint
+
+    torch.manual_seed(0)
+    first = fit(kit, max_epochs=1, callbacks=[ModelCheckpoint(dirpath=f"{root}/ckpts", save_last=True)])
+    assert cloud_io.isfile(f"{root}/ckpts/last.ckpt") and first.global_step == 4
+    again = fit(kit, max_epochs=2, callbacks=[ModelCheckpoint(dirpath=f"{root}/ckpts", save_last=True)],
+                ckpt_path="last")
+    assert again.ckpt_path == f"{root}/ckpts/last.ckpt" and (again.current_epoch, again.global_step) == (2, 8)
+
+
 def test_missing_checkpoint_url_and_unknown_protocol_name_the_problem(root) -> None:
     with pytest.raises(CheckpointError, match=r"checkpoint memory://.*/nope.ckpt does not exist"):
         from engine import checkpoint

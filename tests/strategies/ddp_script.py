@@ -1,6 +1,7 @@
 """The training script the multi-process tests run (copied to tmp_path and launched as a real program).
 
-usage: python ddp_script.py OUT_DIR STRATEGY MODE   (MODE: train | logged | stop | early | fail | fail0 | kill | stop_never)
+usage: python ddp_script.py OUT_DIR STRATEGY MODE
+       (MODE: train | logged | ckpt | stop | early | fail | fail0 | kill | stop_never)
 Each rank writes OUT_DIR/rank{R}.json: final weights, metrics, global_step, and the local gradients after each
 backward (to check no_sync)."""
 
@@ -64,9 +65,11 @@ if __name__ == "__main__":
     data = TensorDataset(torch.randn(32, 4, generator=g), torch.randn(32, 1, generator=g))
     epochs = {"train": 2, "stop": 10, "early": 10}.get(mode, int(os.environ.get("TEST_MAX_EPOCHS", "2")))
     callbacks = [pl.EarlyStopping("watch", patience=1, mode="min")] if mode == "early" else []
-    logger = pl.CSVLogger(out_dir, name="logs", version=0) if mode == "logged" else False
+    logger = (pl.CSVLogger(out_dir, name="logs", version=0) if mode == "logged"
+              else pl.CSVLogger(out_dir, name="logs") if mode == "ckpt" else False)
     trainer = pl.Trainer(max_epochs=epochs, accumulate_grad_batches=2, logger=logger, log_every_n_steps=1,
-                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                         enable_progress_bar=False, enable_checkpointing=mode == "ckpt", enable_model_summary=False,
+                         trace=False if mode == "ckpt" else None,
                          accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                          callbacks=callbacks)
     model = Model()
@@ -75,6 +78,9 @@ if __name__ == "__main__":
               "weights": [p.detach().flatten().tolist() for p in model.parameters()],
               "train_loss": float(trainer.callback_metrics["train_loss"]), "grads": model.grads,
               "threads": torch.get_num_threads(), "epoch": trainer.current_epoch}
+    if mode == "ckpt":
+        record["ckpt_dir"] = trainer.checkpoint_callback.dirpath
+        record["best"] = trainer.checkpoint_callback.best_model_path
     if strategy == "ddp":  # the collectives, after the fit, on every rank
         rank = trainer.global_rank
         record["all_gather"] = model.all_gather(torch.tensor([rank, 10 * rank])).tolist()

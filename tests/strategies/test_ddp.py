@@ -141,6 +141,16 @@ def test_loggers_write_on_rank_zero_only(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "out" / "logs").iterdir()) == ["version_0"]
 
 
+def test_checkpoints_go_where_rank_zero_says(tmp_path: Path) -> None:
+    """ModelCheckpoint's folder is rank 0's (its logger's version), broadcast to every rank; rank 0 writes."""
+    proc, records, elapsed, script = run_script(tmp_path, "ddp", "ckpt")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = records[0], records[1]
+    assert r0["ckpt_dir"] == r1["ckpt_dir"] == str(tmp_path / "out" / "logs" / "version_0" / "checkpoints")
+    assert r0["best"] == r1["best"] and Path(r0["best"]).is_file()
+    assert sorted(p.name for p in (tmp_path / "out" / "logs").iterdir()) == ["version_0"]
+
+
 def test_early_stopping_on_one_rank_stops_both_in_the_same_epoch(tmp_path: Path) -> None:
     proc, records, elapsed, script = run_script(tmp_path, "ddp", "early")
     assert proc.returncode == 0, proc.stderr[-3000:]

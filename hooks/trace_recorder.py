@@ -149,7 +149,9 @@ class TraceRecorder:
         self._eval_machine = getattr(run, "eval_machine", None)
         if self.sink is None:
             trainer = event.trainer
-            root = trainer.log_dir if trainer is not None else "."
+            root = "."
+            if trainer is not None:  # rank 0's log dir on every rank (each rank reaches Setup): one run, one folder
+                root = trainer.strategy.broadcast(trainer.log_dir if self.rank == 0 else None)
             self.path = default_trace_path(root, self.rank, self.config.path)
             self.sink = TraceWriter(self.path, self.config.flush_every)
         if self.sink.is_open:

@@ -69,7 +69,7 @@ if __name__ == "__main__":
               else pl.CSVLogger(out_dir, name="logs") if mode == "ckpt" else False)
     trainer = pl.Trainer(max_epochs=epochs, accumulate_grad_batches=2, logger=logger, log_every_n_steps=1,
                          enable_progress_bar=False, enable_checkpointing=mode == "ckpt", enable_model_summary=False,
-                         trace=False if mode == "ckpt" else None,
+                         trace=None,
                          accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                          callbacks=callbacks)
     model = Model()

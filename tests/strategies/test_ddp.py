@@ -142,13 +142,15 @@ def test_loggers_write_on_rank_zero_only(tmp_path: Path) -> None:
 
 
 def test_checkpoints_go_where_rank_zero_says(tmp_path: Path) -> None:
-    """ModelCheckpoint's folder is rank 0's (its logger's version), broadcast to every rank; rank 0 writes."""
+    """ModelCheckpoint's folder and the traces' folder are rank 0's (its logger's version), broadcast to every rank."""
     proc, records, elapsed, script = run_script(tmp_path, "ddp", "ckpt")
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = records[0], records[1]
     assert r0["ckpt_dir"] == r1["ckpt_dir"] == str(tmp_path / "out" / "logs" / "version_0" / "checkpoints")
     assert r0["best"] == r1["best"] and Path(r0["best"]).is_file()
     assert sorted(p.name for p in (tmp_path / "out" / "logs").iterdir()) == ["version_0"]
+    traces = sorted(p.name for p in (tmp_path / "out" / "logs" / "version_0").glob("trace*.jsonl"))
+    assert traces == ["trace.jsonl", "trace.rank1.jsonl"]  # each rank's trace in rank 0's log folder
 
 
 def test_early_stopping_on_one_rank_stops_both_in_the_same_epoch(tmp_path: Path) -> None:

@@ -191,8 +191,12 @@ class Machine:
                     if nxt not in trans[state]:
                         raise self._illegal(state, nxt, trans[state])
                     state = nxt
-                self.position = None
-                return
+                    if self.on_transition is not None:  # a watcher arrived mid-run (a run's StateChanged handler)
+                        self.on_transition(self.position, nxt)
+                        break
+                else:
+                    self.position = None
+                    return
             while state != final:
                 self.position = state
                 nxt = fns[state](ctx)
@@ -216,8 +220,9 @@ class Machine:
                     if guarded not in trans[state]:
                         raise self._illegal(state, nxt, trans[state])
                     nxt = guarded
-                if on_transition is not None:
-                    on_transition(state, nxt)
+                watcher = self.on_transition  # read per transition: it may be set while a state runs
+                if watcher is not None:
+                    watcher(state, nxt)
                 state = nxt
             self.position = None
         except BaseException as exc:

@@ -326,7 +326,8 @@ class RunContext:
         return Path(folder) / "on_signal.ckpt"
 
     def _watch_transitions(self) -> None:
-        """StateChanged costs nothing unless someone listens (decided when the run starts)."""
+        """StateChanged costs nothing unless someone listens (decided when the run starts and again once the run's
+        handlers are attached; a running machine reads `on_transition` at each transition)."""
         for machine in (self.machine, self.eval_machine):
             if self.bus.listening(ev.StateChanged):
                 def fire(src: str, dst: str, name: str = machine.name) -> None:
@@ -400,6 +401,7 @@ class RunContext:
         model = self.module
         self.merge_model_callbacks()
         self.attach_run_handlers()
+        self._watch_transitions()  # a run handler may listen to StateChanged: the running machine picks it up
         dm = self.datamodule
         if self.strategy.local_rank == 0:
             if dm is not None:

@@ -356,3 +356,24 @@ def test_manual_optimization_goes_through_the_same_phases(kit: Any) -> None:
     assert log == [("backward", 0), ("step", 0, "SGD"), ("unscale",), ("backward", 1), ("step", 1, "SGD"),
                    ("unscale",)]
     assert trainer.global_step == 2
+
+
+def test_a_run_handler_listening_to_state_changed_sees_the_running_machine(kit: Any) -> None:
+    """StateChanged handlers attached for a run (callbacks) get the fit machine's transitions from the first one on,
+    although the machine started before they were attached; without a listener the plain loop runs."""
+
+    class Watcher:
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, str, str]] = []
+
+        def on_state_changed(self, event: ev.StateChanged) -> None:
+            self.seen.append((event.machine, event.src, event.dst))
+
+    watcher = Watcher()
+    trainer = kit.trainer(max_epochs=1, callbacks=[watcher], **QUIET)
+    trainer.fit(kit.Model(), kit.loader(4, batch_size=2))
+    fit_edges = [(s, d) for m, s, d in watcher.seen if m == trainer.machine.name]
+    assert fit_edges[0][0] == "setup" and ("batch", "backward") in fit_edges and fit_edges[-1] == ("teardown", "done")
+    plain = kit.trainer(max_epochs=1, **QUIET)
+    plain.fit(kit.Model(), kit.loader(4, batch_size=2))
+    assert plain.machine.on_transition is None

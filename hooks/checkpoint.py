@@ -151,7 +151,8 @@ class ModelCheckpoint(Callback):
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if self.dirpath is None:  # rank 0 decides (its logger's version); every rank reaches this setup
             mine = self._resolve_dirpath(trainer) if trainer.is_global_zero else None
-            self.dirpath = trainer.strategy.broadcast(mine)
+            # without a process group (one process that calls itself rank > 0) nothing is broadcast: resolve here
+            self.dirpath = trainer.strategy.broadcast(mine) or self._resolve_dirpath(trainer)
         if stage == "fit":
             self._val_has_run = False
             if self.save_top_k != 0 and cloud_io.isdir(self.dirpath) and cloud_io.listdir(self.dirpath):

@@ -151,7 +151,7 @@ class TraceRecorder:
             trainer = event.trainer
             root = "."
             if trainer is not None:  # rank 0's log dir on every rank (each rank reaches Setup): one run, one folder
-                root = trainer.strategy.broadcast(trainer.log_dir if self.rank == 0 else None)
+                root = trainer.strategy.broadcast(trainer.log_dir if self.rank == 0 else None) or trainer.log_dir
             self.path = default_trace_path(root, self.rank, self.config.path)
             self.sink = TraceWriter(self.path, self.config.flush_every)
         if self.sink.is_open:

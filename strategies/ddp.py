@@ -137,6 +137,15 @@ def _destroy_process_group() -> None:
     import torch.distributed as dist
 
     if dist.is_initialized():
+        # every rank leaves together: a rank tearing its gloo pairs down while a peer still uses them can abort
+        # that peer (seen as an occasional SIGABRT at exit under torchrun); failures exit via os._exit, not here
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=timedelta(seconds=30))
+            else:
+                dist.barrier()
+        except Exception:  # noqa: BLE001 - a peer already gone: leave anyway
+            pass
         dist.destroy_process_group()
 
 

@@ -408,7 +408,8 @@ class DDPStrategy:
         kwargs = self.distributed_sampler_kwargs
         if stage == "predict":
             return _with_sampler(loader, UnrepeatedDistributedSampler(sampler, **kwargs))
-        shuffle = stage == "train" or isinstance(sampler, RandomSampler)
+        # training data is always shuffled (Lightning), except under overfit_batches ('overfit': kept in order)
+        shuffle = stage in ("fit", "train") or (stage != "overfit" and isinstance(sampler, RandomSampler))
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         if isinstance(sampler, (RandomSampler, SequentialSampler)):
             new: Sampler = DistributedSampler(loader.dataset, shuffle=shuffle, seed=seed, **kwargs)

@@ -290,7 +290,7 @@ class DataSources:
         check_not_empty([loader], "train")
         if s.overfit_batches:
             loader = without_shuffle(loader)
-        loader = self._process(loader, "fit")
+        loader = self._process(loader, "overfit" if s.overfit_batches else "fit")  # overfit: no shuffling
         self.train_dataloader = loader
         self.train_sized = has_len(loader)
         self.num_training_batches = num_batches(loader, s.limit_train_batches, "train")

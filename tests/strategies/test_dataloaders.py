@@ -31,7 +31,7 @@ DATA = TensorDataset(torch.arange(10.0))
 
 
 def test_train_loader_gets_a_seeded_shuffling_distributed_sampler(strategy) -> None:
-    loader = strategy.process_dataloader(DataLoader(DATA, batch_size=2, num_workers=0), "train")
+    loader = strategy.process_dataloader(DataLoader(DATA, batch_size=2, num_workers=0), "fit")  # the fit loop's name
     sampler = loader.sampler
     assert isinstance(sampler, DistributedSampler)
     assert (sampler.num_replicas, sampler.rank, sampler.shuffle, sampler.seed) == (2, 1, True, 7)
@@ -40,6 +40,42 @@ def test_train_loader_gets_a_seeded_shuffling_distributed_sampler(strategy) -> N
     sampler.set_epoch(3)
     assert list(sampler) == list(expected)
     assert loader.batch_size == 2 and len(loader) == 3
+
+
+def test_overfit_training_data_stays_in_order_and_the_fit_loop_asks_for_fit(strategy) -> None:
+    from torch.utils.data import RandomSampler
+
+    overfit = strategy.process_dataloader(DataLoader(DATA, batch_size=2), "overfit").sampler
+    assert isinstance(overfit, DistributedSampler) and not overfit.shuffle
+    assert not isinstance(strategy.process_dataloader(DataLoader(DATA, batch_size=2, shuffle=True), "overfit").sampler,
+                          RandomSampler)
+    import engine as pl
+    from strategies.single_device import SingleDeviceStrategy
+
+    class Recording(SingleDeviceStrategy):
+        stages: list[str] = []
+
+        def process_dataloader(self, loader, stage):
+            self.stages.append(stage)
+            return loader
+
+    class Model(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0][:, None]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    for flags, want in (({}, "fit"), ({"overfit_batches": 2}, "overfit")):
+        rec = Recording(torch.device("cpu"))
+        pl.Trainer(max_epochs=1, strategy=rec, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                   enable_model_summary=False, **flags).fit(Model(), DataLoader(DATA, batch_size=2))
+        assert rec.stages[:1] == [want]
+        Recording.stages = []
 
 
 def test_eval_loaders_keep_their_order(strategy) -> None:

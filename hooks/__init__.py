@@ -18,6 +18,7 @@ _EXPORTS = {
     "TensorBoardLogger": "hooks.tensorboard",
     "CSVLogger": "hooks.csv_logger",
     "TQDMProgressBar": "hooks.progress",
+    "ProgressBar": "hooks.progress",
     "LearningRateMonitor": "hooks.lr_monitor",
     "Timer": "hooks.timer",
     "ThroughputMonitor": "hooks.throughput",

@@ -25,7 +25,7 @@ from typing import Any
 from engine.errors import user_stacklevel
 from hooks.callback import Callback
 
-__all__ = ["TQDMProgressBar"]
+__all__ = ["ProgressBar", "TQDMProgressBar"]
 
 MIN_REDRAW = 0.1  # seconds between two redraws of a terminal bar (tqdm's default mininterval)
 BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
@@ -75,7 +75,57 @@ class _Track:
             self.bar.set_description(desc, refresh=False)
 
 
-class TQDMProgressBar(Callback):
+class ProgressBar(Callback):
+    """What every progress bar shares (Lightning's `ProgressBar` base): enable/disable, the refresh rate, and the
+    metrics it shows. Subclasses set `_refresh_rate` and draw."""
+
+    _refresh_rate = 1
+    _enabled = True
+    _warned_duplicates = False
+
+    @property
+    def refresh_rate(self) -> int:
+        return self._refresh_rate
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled and self._refresh_rate > 0
+
+    @property
+    def is_disabled(self) -> bool:
+        return not self.is_enabled
+
+    def disable(self) -> None:
+        """Stop drawing (`setup` does this on ranks != 0; Lightning's LR finder does it around its runs)."""
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
+        """What the postfix shows: `v_num` (logger version) then `trainer.progress_bar_metrics`. Override to change
+        it; it is called only when a bar is redrawn or a line printed."""
+        standard: dict[str, Any] = {}
+        loggers = getattr(trainer, "loggers", None) or []
+        if loggers:
+            if len(loggers) == 1:
+                version = loggers[0].version
+            else:
+                version = "_".join(dict.fromkeys(str(lg.version) for lg in loggers))
+            if version not in ("", None):
+                standard["v_num"] = version[-4:] if isinstance(version, str) else version
+        metrics = trainer.progress_bar_metrics
+        duplicates = standard.keys() & metrics.keys()
+        if duplicates and not self._warned_duplicates:
+            self._warned_duplicates = True
+            name = sorted(duplicates)[0]
+            warnings.warn(f"The progress bar already shows {name!r}; `self.log({name!r}, ..., prog_bar=True)` "
+                          f"replaces it there. Rename the metric or override `{type(self).__name__}.get_metrics()`.",
+                          UserWarning, stacklevel=user_stacklevel())
+        return {**standard, **metrics}
+
+
+class TQDMProgressBar(ProgressBar):
     """Lightning's default progress bar: `Trainer(callbacks=[TQDMProgressBar(refresh_rate=10)])`.
 
     refresh_rate: redraw at most every that many batches (0 disables the bar; default 1, or $TQDM_MINITERS if larger;
@@ -112,27 +162,8 @@ class TQDMProgressBar(Callback):
 
     # -- Lightning's public surface -------------------------------------------------------------------------------
     @property
-    def refresh_rate(self) -> int:
-        return self._refresh_rate
-
-    @property
     def process_position(self) -> int:
         return self._process_position
-
-    @property
-    def is_enabled(self) -> bool:
-        return self._enabled and self._refresh_rate > 0
-
-    @property
-    def is_disabled(self) -> bool:
-        return not self.is_enabled
-
-    def disable(self) -> None:
-        """Stop drawing (`setup` does this on ranks != 0; Lightning's LR finder does it around its runs)."""
-        self._enabled = False
-
-    def enable(self) -> None:
-        self._enabled = True
 
     @property
     def trainer(self) -> Any:
@@ -165,28 +196,6 @@ class TQDMProgressBar(Callback):
         if t.max_epochs == -1 and t.max_steps is not None and t.max_steps > 0:
             return min(t.num_training_batches, t.max_steps - t.global_step)
         return t.num_training_batches
-
-    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
-        """What the postfix shows: `v_num` (logger version) then `trainer.progress_bar_metrics`. Override to change
-        it; it is called only when a bar is redrawn or a line printed."""
-        standard: dict[str, Any] = {}
-        loggers = getattr(trainer, "loggers", None) or []
-        if loggers:
-            if len(loggers) == 1:
-                version = loggers[0].version
-            else:
-                version = "_".join(dict.fromkeys(str(lg.version) for lg in loggers))
-            if version not in ("", None):
-                standard["v_num"] = version[-4:] if isinstance(version, str) else version
-        metrics = trainer.progress_bar_metrics
-        duplicates = standard.keys() & metrics.keys()
-        if duplicates and not self._warned_duplicates:
-            self._warned_duplicates = True
-            name = sorted(duplicates)[0]
-            warnings.warn(f"The progress bar already shows {name!r}; `self.log({name!r}, ..., prog_bar=True)` "
-                          "replaces it there. Rename the metric or override `TQDMProgressBar.get_metrics()`.",
-                          UserWarning, stacklevel=user_stacklevel())
-        return {**standard, **metrics}
 
     def print(self, *args: Any, sep: str = " ", **kwargs: Any) -> None:
         """Print without breaking the bars on a terminal (tqdm.write)."""

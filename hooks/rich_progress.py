@@ -13,7 +13,7 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
-from hooks.callback import Callback
+from hooks.progress import ProgressBar
 
 __all__ = ["RichProgressBar", "RichProgressBarTheme"]
 
@@ -40,7 +40,7 @@ class RichProgressBarTheme:
     metrics_format: str = ".3f"
 
 
-class RichProgressBar(Callback):
+class RichProgressBar(ProgressBar):
     """`Trainer(callbacks=[RichProgressBar()])`. refresh_rate: batches between redraws (0 disables the bar);
     leave: keep each finished epoch's line; theme: a RichProgressBarTheme; console_kwargs: for rich's Console."""
 
@@ -60,35 +60,6 @@ class RichProgressBar(Callback):
         self.val_progress_bar_id: Any = None
         self._eval_idx: int | None = None
         self._metrics_text = ""
-
-    # -- Lightning's public surface -------------------------------------------------------------------------------
-    @property
-    def refresh_rate(self) -> int:
-        return self._refresh_rate
-
-    @property
-    def is_enabled(self) -> bool:
-        return self._enabled and self._refresh_rate > 0
-
-    @property
-    def is_disabled(self) -> bool:
-        return not self.is_enabled
-
-    def disable(self) -> None:
-        self._enabled = False
-
-    def enable(self) -> None:
-        self._enabled = True
-
-    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
-        """What the training line shows: `v_num` (the logger's version) then `trainer.progress_bar_metrics`."""
-        out: dict[str, Any] = {}
-        loggers = trainer.loggers or []
-        if len(loggers) == 1 and loggers[0].version not in ("", None):
-            version = loggers[0].version
-            out["v_num"] = version[-4:] if isinstance(version, str) else version
-        out.update(trainer.progress_bar_metrics)
-        return out
 
     # -- drawing --------------------------------------------------------------------------------------------------
     def _start(self) -> None:

@@ -24,7 +24,7 @@ import io
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 __all__ = ["is_remote", "normalize", "filesystem", "join", "exists", "isfile", "isdir", "listdir", "makedirs",
@@ -93,28 +93,25 @@ def join(base: str, *names: str) -> str:
     return os.path.join(base, *names)
 
 
-def exists(path: str) -> bool:
+def _ask(path: str, local: Callable[[str], bool], remote: str) -> bool:
+    """`local(path)` for a local path, else the fsspec filesystem's method named `remote`."""
     path = _strip_file(path)
     if not is_remote(path):
-        return os.path.exists(path)
+        return local(path)
     fs, p = filesystem(path)
-    return bool(fs.exists(p))
+    return bool(getattr(fs, remote)(p))
+
+
+def exists(path: str) -> bool:
+    return _ask(path, os.path.exists, "exists")
 
 
 def isfile(path: str) -> bool:
-    path = _strip_file(path)
-    if not is_remote(path):
-        return os.path.isfile(path)
-    fs, p = filesystem(path)
-    return bool(fs.isfile(p))
+    return _ask(path, os.path.isfile, "isfile")
 
 
 def isdir(path: str) -> bool:
-    path = _strip_file(path)
-    if not is_remote(path):
-        return os.path.isdir(path)
-    fs, p = filesystem(path)
-    return bool(fs.isdir(p))
+    return _ask(path, os.path.isdir, "isdir")
 
 
 def listdir(path: str, dirs_only: bool = False) -> list[str]:

@@ -1,5 +1,6 @@
 """`python -m engine ...`: show a machine (`graph`, built-in or `--machine module:callable`), train a tiny demo model
-(`demo`), or work with event traces (`trace schema|show|summary|diff|replay`)."""
+(`demo`), work with event traces (`trace schema|show|summary|diff|replay`), or turn a sharded (FSDP) checkpoint
+into one file (`checkpoint consolidate`)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,19 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _consolidate(args: argparse.Namespace) -> int:
+    from engine.errors import CheckpointError
+    from engine.sharded_checkpoint import consolidate_to_file
+
+    try:
+        out = consolidate_to_file(args.directory, args.output)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--epochs", type=int, default=3)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(run=_demo)
+    c = sub.add_parser("checkpoint", help="checkpoint tools")
+    csub = c.add_subparsers(dest="checkpoint_command", required=True)
+    cc = csub.add_parser("consolidate", help="a sharded (FSDP state_dict_type='sharded') checkpoint directory into "
+                         "one file that loads with torch.load(weights_only=True) and in any strategy")
+    cc.add_argument("directory", help="the sharded checkpoint directory (holds .metadata and meta.pt)")
+    cc.add_argument("output", help="the file to write (atomically)")
+    cc.set_defaults(run=_consolidate)
     from engine.trace.cli import add_trace_parser
 
     add_trace_parser(sub)

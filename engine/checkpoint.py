@@ -207,6 +207,10 @@ def load(path: str | os.PathLike, map_location: Any = None, weights_only: bool =
         data = io.BytesIO(cloud_io.read_bytes(url))
         return _load_from(data, url, map_location, weights_only)
     source = Path(cloud_io.normalize(path))
+    from engine import sharded_checkpoint
+
+    if sharded_checkpoint.is_sharded(source):  # FSDP's sharded directory: gathered into one checkpoint here
+        return sharded_checkpoint.consolidate(source)
     if not source.is_file():
         raise CheckpointError(f"checkpoint {source} does not exist" + (" (it is a directory)" if source.is_dir()
                                                                         else ""))
@@ -297,7 +301,7 @@ def build(run: "RunContext", weights_only: bool = False) -> dict[str, Any]:
         "epoch": max(epoch, 0),
         "global_step": p.global_step,
         "pytorch-lightning_version": LIGHTNING_LAYOUT,
-        "state_dict": module.state_dict(),
+        "state_dict": _call(run.strategy, "model_state_dict", module, default=module.state_dict),
         "loops": {},
     }
     name = type(module).__name__
@@ -307,6 +311,9 @@ def build(run: "RunContext", weights_only: bool = False) -> dict[str, Any]:
     if not weights_only:  # Lightning's order: the handlers' states, then the datamodule's
         ckpt["callbacks"] = handler_states(run)
         ckpt.update(run.pipeline.state_dict())
+        optimizer_state = getattr(run.strategy, "optimizer_state_dict", None)
+        if optimizer_state is not None:  # e.g. FSDP: gathered (full) or the shards (sharded), by parameter names
+            ckpt["optimizer_states"] = [optimizer_state(o) for o in run.pipeline.optimizers]
     dm = run.datamodule
     if dm is not None:
         if dm.hparams:
@@ -328,6 +335,12 @@ def build(run: "RunContext", weights_only: bool = False) -> dict[str, Any]:
         engine["strategy"] = run.strategy.state_dict()
     ckpt["engine"] = engine
     return ckpt
+
+
+def _call(owner: Any, name: str, *args: Any, default: Any) -> Any:
+    """`owner.name(*args)` when the owner (a strategy) offers that seam, else `default()`."""
+    fn = getattr(owner, name, None)
+    return fn(*args) if fn is not None else default()
 
 
 def instantiate(cls: type, ckpt: dict[str, Any], key: str, name_key: str, overrides: dict[str, Any]) -> Any:

@@ -230,7 +230,7 @@ def _is_plain_object(value: Any) -> bool:
 
 _AVAILABLE_STRATEGIES = ("auto", "single_device", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true",
                          "ddp_find_unused_parameters_false", "ddp_spawn_find_unused_parameters_true",
-                         "ddp_spawn_find_unused_parameters_false")
+                         "ddp_spawn_find_unused_parameters_false", "fsdp", "fsdp_cpu_offload")
 
 
 def _strategy_instance(value: Any) -> bool:
@@ -256,13 +256,12 @@ def _is_off(value: Any) -> bool:
 _NOT_YET: dict[str, tuple[Callable[[Any], bool], str]] = {
     "strategy": (
         lambda v: not (isinstance(v, str) and v in _AVAILABLE_STRATEGIES) and not _strategy_instance(v),
-        "strategies other than 'auto', 'single_device', 'ddp', 'ddp_spawn' and their find_unused_parameters "
-        "variants (or a Strategy instance)",
+        "strategies other than 'auto', 'single_device', 'ddp', 'ddp_spawn', their find_unused_parameters "
+        "variants, 'fsdp' and 'fsdp_cpu_offload' (or a Strategy instance)",
     ),
     "profiler": (lambda v: isinstance(v, str) and v == "xla", "the 'xla' profiler"),
     "plugins": (lambda v: not _is_off(v) and not _only_cluster_environments(v),
                 "plugins other than a ClusterEnvironment (Precision/CheckpointIO/LayerSync)"),
-    "sync_batchnorm": (lambda v: v is True, "synchronised batch norm"),
     "model_registry": (lambda v: v is not None, "the model registry"),
 }
 
@@ -305,6 +304,7 @@ class RunSettings:
     gradient_clip_val: int | float | None
     gradient_clip_algorithm: str
     use_distributed_sampler: bool
+    sync_batchnorm: bool
     enable_autolog_hparams: bool
     callbacks: list[Any]
     logger: Any = None
@@ -490,6 +490,7 @@ class TrainerConfig(BaseModel):
             gradient_clip_val=self.gradient_clip_val,
             gradient_clip_algorithm=self.gradient_clip_algorithm or "norm",
             use_distributed_sampler=self.use_distributed_sampler,
+            sync_batchnorm=self.sync_batchnorm,
             enable_autolog_hparams=self.enable_autolog_hparams,
             callbacks=callbacks,
             logger=False if self.barebones else (True if self.logger is None else self.logger),

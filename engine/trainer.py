@@ -256,7 +256,8 @@ class Trainer:
         """Resolve and read `ckpt_path` before any work; the run restores from it (engine.loops.resume)."""
         path = self._rc.resolve_ckpt_path(ckpt_path, fn)
         self.ckpt_path = path
-        self._rc.resume_from = None if path is None else checkpoint.load(
+        load = getattr(self.strategy, "load_checkpoint", None) or checkpoint.load  # FSDP reads shards itself
+        self._rc.resume_from = None if path is None else load(
             path, weights_only=True if weights_only is None else weights_only)
         self._rc.resume_source = path
 
@@ -407,11 +408,12 @@ class Trainer:
 
     @property
     def device_ids(self) -> list[int]:
-        return [self.strategy.root_device.index or 0]
+        """The device indices of this node's processes (CPU processes count 0, 1, ...), as in Lightning."""
+        return list(getattr(self.strategy, "device_indices", None) or [self.strategy.root_device.index or 0])
 
     @property
     def num_devices(self) -> int:
-        return 1
+        return len(self.device_ids)
 
     @property
     def world_size(self) -> int:

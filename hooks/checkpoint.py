@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from copy import deepcopy
 from datetime import timedelta
@@ -353,7 +354,8 @@ class ModelCheckpoint(Callback):
                 and not cloud_io.is_remote(filepath):  # no links in fsspec stores: a full copy there
             target = self._last_checkpoint_saved
             if os.path.abspath(target) != os.path.abspath(filepath):  # never a link to itself
-                self._at_boundary(trainer, lambda: _link(target, filepath), now)
+                if trainer.is_global_zero:  # rank 0 owns the files
+                    self._at_boundary(trainer, lambda: _link(target, filepath), now)
         else:
             self._write(trainer, filepath, remove="", now=now)
         if previous and previous != filepath:
@@ -407,7 +409,7 @@ class ModelCheckpoint(Callback):
     def _remove(self, trainer: Any, previous: str, current: str) -> None:
         """Delete a checkpoint that is no longer kept: never the current one, nor the one this fit resumed from,
         nor a file outside our directory."""
-        if not previous or previous == current:
+        if not previous or previous == current or not trainer.is_global_zero:  # rank 0 owns the files
             return
         if cloud_io.is_remote(previous):
             if (self.dirpath and previous.startswith(self.dirpath.rstrip("/") + "/") and previous != trainer.ckpt_path
@@ -419,7 +421,10 @@ class ModelCheckpoint(Callback):
         if resumed and Path(resumed).absolute() == path:
             return
         if self.dirpath and Path(self.dirpath).absolute() in path.parents and os.path.lexists(path):
-            path.unlink()
+            if path.is_dir() and not path.is_symlink():  # a sharded (FSDP) checkpoint is a directory
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
     # -- names ------------------------------------------------------------------------------------------------------
     def _resolve_dirpath(self, trainer: Any) -> str:

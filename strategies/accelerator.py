@@ -92,6 +92,19 @@ def select_strategy(settings: Any) -> Any:
     An instance passed as `strategy=` is used as it is (a DDPStrategy learns devices/num_nodes/plugins from the
     Trainer); 'auto' picks DDP for more than one device or node, else a SingleDeviceStrategy on the resolved device;
     'ddp', 'ddp_spawn' and the find_unused_parameters variants build a DDPStrategy."""
+    strategy = _select(settings)
+    if getattr(settings, "sync_batchnorm", False):
+        device = getattr(strategy, "root_device", torch.device("cpu"))
+        if device.type != "cuda":
+            raise MisconfigurationException(
+                f"Trainer(sync_batchnorm=True) on {device.type!r}: torch's SyncBatchNorm runs on CUDA devices only "
+                "(its forward refuses CPU tensors); use accelerator='cuda', or sync_batchnorm=False on the CPU")
+        if hasattr(strategy, "sync_batchnorm"):
+            strategy.sync_batchnorm = True
+    return strategy
+
+
+def _select(settings: Any) -> Any:
     flag = getattr(settings, "strategy", "auto")
     if flag is not None and not isinstance(flag, str) and hasattr(flag, "setup_module"):
         configure = getattr(flag, "configure", None)
@@ -117,6 +130,18 @@ def select_strategy(settings: Any) -> Any:
                            getattr(settings, "plugins", None))
         strategy.use_distributed_sampler = settings.use_distributed_sampler
         return strategy
+    if name in ("fsdp", "fsdp_cpu_offload"):
+        from strategies.fsdp import FSDPStrategy
+
+        if str(settings.accelerator).lower() == "mps" or (str(settings.accelerator).lower() == "gpu"
+                                                         and mps_available()):
+            raise MisconfigurationException(
+                f"Trainer(strategy={flag!r}, accelerator={settings.accelerator!r}): FSDP does not run on MPS; use "
+                "accelerator='cuda', or accelerator='cpu' with devices=N for N processes")
+        fsdp = FSDPStrategy(cpu_offload=name == "fsdp_cpu_offload")
+        fsdp.configure(settings.accelerator, settings.devices, settings.num_nodes, getattr(settings, "plugins", None))
+        fsdp.use_distributed_sampler = settings.use_distributed_sampler
+        return fsdp
     from strategies.single_device import SingleDeviceStrategy
 
     return SingleDeviceStrategy(resolve_device(settings.accelerator, settings.devices))

@@ -181,6 +181,7 @@ class DDPStrategy:
         self.root_device = torch.device("cpu")
         self.launcher: SubprocessLauncher | None = None
         self.use_distributed_sampler = True
+        self.sync_batchnorm = False  # Trainer(sync_batchnorm=True): BatchNorm layers become SyncBatchNorm (CUDA)
         self.configured = False
         if accelerator is not None or devices is not None or num_nodes is not None:
             self.configure(accelerator or "auto", devices if devices is not None else "auto", num_nodes or 1, None)
@@ -375,6 +376,8 @@ class DDPStrategy:
         """Move the module to this rank's device; for fit, wrap it in DistributedDataParallel (the loops call the
         wrapper, whose forward runs the stage's step)."""
         module = module.to(self.root_device)
+        if self.sync_batchnorm:
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         trainer = getattr(module, "trainer", None)
         if self.world_size == 1 or trainer is None or trainer.state.fn != "fit":
             return module

@@ -544,6 +544,7 @@ class RunContext:
         if ckpt_path == "last":  # local folders or fsspec URLs (engine.utilities.cloud_io)
             from fnmatch import fnmatch
 
+            from engine.sharded_checkpoint import is_sharded
             from engine.utilities import cloud_io
 
             found = [str(h.last_model_path) for h in handlers if getattr(h, "last_model_path", "")]
@@ -552,7 +553,7 @@ class RunContext:
             for folder in folders:
                 found.extend(cloud_io.join(folder, name) for name in cloud_io.listdir(folder)
                              if fnmatch(name, "last*.ckpt") or name == "on_signal.ckpt")
-            found = [f for f in dict.fromkeys(found) if cloud_io.isfile(f)]
+            found = [f for f in dict.fromkeys(found) if cloud_io.isfile(f) or is_sharded(f)]  # FSDP: directories
             if not found:
                 self.warn_once(f"no_last_{fn}", f"trainer.{fn}(ckpt_path='last'): no last checkpoint found; "
                                "starting from scratch")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import events as ev
 from engine.errors import CheckpointError
+from engine.sharded_checkpoint import SHARDED_KEY
 
 if TYPE_CHECKING:  # pragma: no cover
     from engine.loops.context import RunContext
@@ -25,12 +26,17 @@ __all__ = ["restore_modules", "restore_training", "load_weights", "RESUME_STATES
 RESUME_STATES = ("epoch_start", "batch", "epoch_end", "teardown")
 
 
-def load_weights(module: Any, ckpt: dict[str, Any], strict: bool, source: str) -> None:
-    """`module.load_state_dict(ckpt['state_dict'])` with an error that lists what does not match."""
-    if "state_dict" not in ckpt:
+def load_weights(module: Any, ckpt: dict[str, Any], strict: bool, source: str, strategy: Any = None) -> None:
+    """`module.load_state_dict(ckpt['state_dict'])` (or the strategy's `load_model_state_dict`, e.g. FSDP's into
+    sharded parameters) with an error that lists what does not match."""
+    load = getattr(strategy, "load_model_state_dict", None)
+    if "state_dict" not in ckpt and not (load is not None and SHARDED_KEY in ckpt):
         raise CheckpointError(f"checkpoint {source} has no 'state_dict' (keys: {sorted(ckpt)}); it is not a model "
                               "checkpoint")
-    result = module.load_state_dict(ckpt["state_dict"], strict=False)
+    if load is not None:
+        result = load(module, ckpt)
+    else:
+        result = module.load_state_dict(ckpt["state_dict"], strict=False)
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     if strict and (missing or unexpected):
         raise CheckpointError(
@@ -44,7 +50,7 @@ def restore_modules(run: "RunContext", ckpt: dict[str, Any]) -> None:
     module = run.module
     source = run.resume_source or "(ckpt_path)"
     run.call_module("on_load_checkpoint", ckpt)
-    load_weights(module, ckpt, strict=module.strict_loading, source=source)
+    load_weights(module, ckpt, strict=module.strict_loading, source=source, strategy=run.strategy)
     dm = run.datamodule
     if dm is not None and type(dm).__qualname__ in ckpt:
         dm.load_state_dict(ckpt[type(dm).__qualname__])
@@ -70,7 +76,13 @@ def restore_training(loop: "FitLoop", ckpt: dict[str, Any]) -> str:
         raise CheckpointError("trainer.fit(ckpt_path=...): the checkpoint was saved with weights_only=True and has "
                               "no optimizer or scheduler states, so training cannot resume from it; load the weights "
                               "with Model.load_from_checkpoint(path) and start a new fit instead")
-    run.pipeline.load_state_dict(ckpt)
+    load_optimizer = getattr(run.strategy, "load_optimizer_state_dict", None)
+    if load_optimizer is not None:  # e.g. FSDP: into sharded states (from the full file or the shards)
+        for i, (optimizer, state) in enumerate(zip(run.pipeline.optimizers, ckpt["optimizer_states"])):
+            load_optimizer(optimizer, state, ckpt, i)
+        run.pipeline.load_state_dict({"lr_schedulers": ckpt["lr_schedulers"]})
+    else:
+        run.pipeline.load_state_dict(ckpt)
     engine = ckpt.get("engine")
     if engine is None:
         return _restore_lightning(loop, ckpt)

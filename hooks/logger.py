@@ -286,6 +286,12 @@ class RunDirLogger(Logger):
                 self._version = next_version(self.root_dir)
         return self._version
 
+    def adopt_version(self, version: int | str) -> None:
+        """Use rank 0's version (a distributed run's other ranks): they log nothing, but `version` and `log_dir`
+        must name rank 0's directory, and computing their own would create an empty version_N+1."""
+        if not self._explicit_version:
+            self._version = version
+
     @property
     def save_dir(self) -> str:
         """The directory given to the constructor."""

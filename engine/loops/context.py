@@ -416,6 +416,7 @@ class RunContext:
         if overridden(model, LightningModule, "configure_model"):
             self.call_module("configure_model")
         self.model = self.strategy.setup_module(model)
+        self._agree_logger_versions()
         stage_handler = getattr(self.strategy, "stage_handler", None)  # e.g. the DDP sync handler (no_sync, agreement)
         handler = stage_handler(self) if stage_handler is not None else None
         if handler is not None:
@@ -431,6 +432,17 @@ class RunContext:
         self.transfer = BatchTransfer(self)
         self.val_on = (self.sources.val_source is not None and self.settings.limit_val_batches != 0
                        and overridden(model, LightningModule, "validation_step"))
+
+    def _agree_logger_versions(self) -> None:
+        """Distributed: every rank's loggers take rank 0's versions (one broadcast per stage), so `log_dir` and
+        `logger.version` agree and no rank allocates a version directory of its own."""
+        adopters = [lg for lg in self.loggers if callable(getattr(lg, "adopt_version", None))]
+        if self.strategy.world_size == 1 or not adopters:
+            return
+        versions = self.strategy.broadcast([lg.version for lg in adopters] if self.strategy.is_global_zero else None)
+        if versions is not None and not self.strategy.is_global_zero:
+            for lg, version in zip(adopters, versions):
+                lg.adopt_version(version)
 
     def step_method(self, name: str) -> Callable[..., Any]:
         """The step the loops call: the module's method `name`, or, when the strategy's `setup_module` wrapped

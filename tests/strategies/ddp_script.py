@@ -81,6 +81,8 @@ if __name__ == "__main__":
     if mode == "ckpt":
         record["ckpt_dir"] = trainer.checkpoint_callback.dirpath
         record["best"] = trainer.checkpoint_callback.best_model_path
+        record["log_dir"] = trainer.log_dir
+        record["version"] = trainer.logger.version
     if strategy == "ddp":  # the collectives, after the fit, on every rank
         rank = trainer.global_rank
         record["all_gather"] = model.all_gather(torch.tensor([rank, 10 * rank])).tolist()

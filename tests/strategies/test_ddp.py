@@ -148,6 +148,8 @@ def test_checkpoints_go_where_rank_zero_says(tmp_path: Path) -> None:
     r0, r1 = records[0], records[1]
     assert r0["ckpt_dir"] == r1["ckpt_dir"] == str(tmp_path / "out" / "logs" / "version_0" / "checkpoints")
     assert r0["best"] == r1["best"] and Path(r0["best"]).is_file()
+    assert r0["version"] == r1["version"] == 0  # rank 1's logger takes rank 0's version
+    assert r0["log_dir"] == r1["log_dir"] == str(tmp_path / "out" / "logs" / "version_0")
     assert sorted(p.name for p in (tmp_path / "out" / "logs").iterdir()) == ["version_0"]
     traces = sorted(p.name for p in (tmp_path / "out" / "logs" / "version_0").glob("trace*.jsonl"))
     assert traces == ["trace.jsonl", "trace.rank1.jsonl"]  # each rank's trace in rank 0's log folder

@@ -93,6 +93,9 @@ def select_strategy(settings: Any) -> Any:
     Trainer); 'auto' picks DDP for more than one device or node, else a SingleDeviceStrategy on the resolved device;
     'ddp', 'ddp_spawn' and the find_unused_parameters variants build a DDPStrategy."""
     strategy = _select(settings)
+    check = getattr(strategy, "check_precision", None)
+    if check is not None:
+        check(str(getattr(settings, "precision", "32-true")))
     if getattr(settings, "sync_batchnorm", False):
         device = getattr(strategy, "root_device", torch.device("cpu"))
         if device.type != "cuda":

@@ -111,6 +111,14 @@ class FSDPStrategy(DDPStrategy):
                 "lacks; upgrade torch or use strategy='ddp'")
         return self
 
+    def check_precision(self, precision: str) -> None:
+        """At Trainer construction: '16-mixed' on CUDA needs loss scaling that agrees across shards (an inf found
+        on one rank must skip the step on all), which statetrain's GradScaler handler does not do under FSDP."""
+        if precision in ("16-mixed", "16") and self.accelerator == "cuda":
+            raise MisconfigurationException(
+                "Trainer(strategy='fsdp', precision='16-mixed'): fp16 loss scaling across FSDP shards is not "
+                "available in statetrain; use precision='bf16-mixed' (no loss scaling needed) or '32-true'")
+
     # -- the module -------------------------------------------------------------------------------------------------
     def _mp_policy(self, precision: str) -> Any:
         from torch.distributed.fsdp import MixedPrecisionPolicy

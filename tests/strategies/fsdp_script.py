@@ -2,7 +2,7 @@
 
 usage: python fsdp_script.py OUT_DIR
 Settings come from the environment: TEST_STATE_DICT_TYPE (full|sharded), TEST_MAX_EPOCHS, TEST_CKPT_PATH (resume
-from it), TEST_ACCUMULATE, TEST_CLIP, TEST_PRECISION, TEST_VALIDATE_ONLY (load TEST_CKPT_PATH in validate, no fit).
+from it), TEST_ACCUMULATE, TEST_CLIP, TEST_PRECISION, TEST_ACCELERATOR, TEST_CPU_OFFLOAD, TEST_VALIDATE_ONLY (load TEST_CKPT_PATH in validate, no fit).
 Rank 0 writes OUT_DIR/result.json: the full weights after the run (gathered), global_step, epoch, the loss, the
 local shape of the first parameter on each rank (sharding), and the checkpoint folder."""
 
@@ -48,9 +48,11 @@ if __name__ == "__main__":
     pl.seed_everything(0)
     g = torch.Generator().manual_seed(1)
     data = TensorDataset(torch.randn(32, 4, generator=g), torch.randn(32, 1, generator=g))
-    strategy = FSDPStrategy(auto_wrap_policy={nn.Linear}, state_dict_type=env("TEST_STATE_DICT_TYPE", "full"))
+    strategy = FSDPStrategy(auto_wrap_policy={nn.Linear}, state_dict_type=env("TEST_STATE_DICT_TYPE", "full"),
+                            cpu_offload=bool(env("TEST_CPU_OFFLOAD")))
     ckpt_dir = os.path.join(out_dir, "ckpts")
-    trainer = pl.Trainer(max_epochs=int(env("TEST_MAX_EPOCHS", "4")), strategy=strategy, accelerator="cpu",
+    trainer = pl.Trainer(max_epochs=int(env("TEST_MAX_EPOCHS", "4")), strategy=strategy,
+                         accelerator=env("TEST_ACCELERATOR", "cpu"),
                          devices=2, logger=False, enable_progress_bar=False, enable_model_summary=False, trace=None,
                          accumulate_grad_batches=int(env("TEST_ACCUMULATE", "1")),
                          gradient_clip_val=float(env("TEST_CLIP")) if env("TEST_CLIP") else None,

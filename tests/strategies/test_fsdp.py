@@ -216,3 +216,11 @@ def test_sharded_checkpoint_loads_in_one_process(runs):
                          enable_model_summary=False, trace=None, num_sanity_val_steps=0)
     trainer.fit(model_cls(), DataLoader(data, batch_size=8), ckpt_path=sharded)  # resumes after epoch 2
     assert (trainer.current_epoch, trainer.global_step) == (3, 12)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices (nccl)")
+@pytest.mark.parametrize("offload", ["", "1"])
+def test_fsdp_on_cuda_with_and_without_cpu_offload(runs, offload):  # pragma: no cover - no GPU here
+    r = runs.get(f"cuda{offload}", TEST_ACCELERATOR="cuda", TEST_CPU_OFFLOAD=offload, TEST_MAX_EPOCHS="2")
+    assert r["global_step"] == 8
+    assert_close(weights(r), reference(2), atol=1e-4)  # CUDA kernels round differently from the CPU reference

@@ -60,12 +60,9 @@ def test_bad_fsdp_arguments_name_the_argument(kwargs, match):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="SyncBatchNorm and CPU offload need CUDA")
 def test_sync_batchnorm_converts_batch_norm_layers_on_cuda():  # pragma: no cover - no GPU here
-    trainer = pl.Trainer(accelerator="cuda", devices=1, sync_batchnorm=True, logger=False)
-    strategy = trainer.strategy
-    module = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    if hasattr(strategy, "sync_batchnorm"):
-        out = strategy.setup_module(module)
-        assert isinstance(out[1], nn.SyncBatchNorm)
+    trainer = pl.Trainer(accelerator="cuda", devices=1, strategy="ddp", sync_batchnorm=True, logger=False)
+    out = trainer.strategy.setup_module(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))
+    assert isinstance(out[1], nn.SyncBatchNorm) and out[1].weight.is_cuda
 
 
 # -- the sharded format, in one process ---------------------------------------------------------------------------
@@ -180,3 +177,11 @@ def test_model_checkpoint_keeps_top_k_directories_and_resumes_from_last(tmp_path
     again.fit(Tiny(), data, data, ckpt_path="last")
     assert again.ckpt_path.endswith("last.ckpt")
     assert (again.current_epoch, again.global_step) == (4, 8)
+
+
+def test_fp16_loss_scaling_under_fsdp_on_cuda_is_refused_before_any_work():
+    strategy = FSDPStrategy()
+    strategy.accelerator = "cuda"  # as configure() would set it on a GPU machine
+    with pytest.raises(MisconfigurationException, match=r"precision='16-mixed'.*use precision='bf16-mixed'"):
+        strategy.check_precision("16-mixed")
+    strategy.check_precision("bf16-mixed")

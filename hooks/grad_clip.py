@@ -30,6 +30,8 @@ class GradientClipping:
         else:
             norm = torch.nn.utils.clip_grad_norm_(params, value)
             if context is not None:
+                if type(norm) is not torch.Tensor and hasattr(norm, "to_local"):  # FSDP's DTensor: replicated
+                    norm = norm.to_local()  # already the total norm on every rank; no collective
                 context.grad_norm = norm
 
 

@@ -478,10 +478,11 @@ class RunContext:
             log.info("Trainer config", **changed)
 
     def warn_once(self, key: str, message: str, category: type[Warning] = UserWarning) -> None:
-        """A warning shown once per Trainer."""
+        """A warning shown once per Trainer, by rank 0 (as Lightning's rank_zero_warn)."""
         if key not in self.warned:
             self.warned.add(key)
-            warnings.warn(message, category, stacklevel=user_stacklevel())
+            if self.strategy.global_rank == 0:
+                warnings.warn(message, category, stacklevel=user_stacklevel())
 
     # -- checkpoints: boundaries ------------------------------------------------------------------------------------
     def at_boundary(self, write: Callable[[], None]) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
 
-from engine.errors import MisconfigurationException, PossibleUserWarning, user_stacklevel
+from engine.errors import MisconfigurationException, PossibleUserWarning
+from engine.utilities.rank_zero import rank_zero_warn
 
 if TYPE_CHECKING:  # pragma: no cover
     from engine.loops.context import RunContext
@@ -132,9 +132,9 @@ def resume_iterator(loader: Any, skip: int) -> Any:
             kwargs["prefetch_factor"] = loader.prefetch_factor
             kwargs["multiprocessing_context"] = loader.multiprocessing_context
         return iter(DataLoader(**kwargs))
-    warnings.warn(f"resuming mid-epoch from a {type(loader).__name__} that cannot skip by index (an IterableDataset "
-                  f"or a custom iterable): its first {skip} batches of the epoch are loaded and dropped",
-                  UserWarning, stacklevel=user_stacklevel())
+    rank_zero_warn(f"resuming mid-epoch from a {type(loader).__name__} that cannot skip by index (an IterableDataset "
+                   f"or a custom iterable): its first {skip} batches of the epoch are loaded and dropped",
+                   category=UserWarning)
     it = iter(loader)
     for _ in range(skip):
         if next(it, None) is None:
@@ -145,8 +145,8 @@ def resume_iterator(loader: Any, skip: int) -> Any:
 def without_shuffle(loader: Any) -> Any:
     """overfit_batches: the same first batches every epoch, so a shuffled DataLoader gets a SequentialSampler."""
     if isinstance(loader, DataLoader) and isinstance(loader.sampler, RandomSampler) and loader.batch_size:
-        warnings.warn("You requested to overfit but enabled train dataloader shuffling; statetrain replaces the "
-                      "sampler with a SequentialSampler", UserWarning, stacklevel=user_stacklevel())
+        rank_zero_warn("You requested to overfit but enabled train dataloader shuffling; statetrain replaces the "
+                       "sampler with a SequentialSampler", category=UserWarning)
         return _rebuild(loader, sampler=SequentialSampler(loader.dataset))
     return loader
 
@@ -196,8 +196,8 @@ def warn_if_empty(loaders: Sequence[Any]) -> None:
     """An empty validation/test/predict dataloader: Lightning's warning; the loop then skips it (0 batches)."""
     for dl in loaders:
         if has_len(dl) and len(dl) == 0:
-            warnings.warn(f"Total length of `{type(dl).__name__}` across ranks is zero. Please make sure this was "
-                          f"your intention.{_why_empty(dl)}", UserWarning, stacklevel=user_stacklevel())
+            rank_zero_warn(f"Total length of `{type(dl).__name__}` across ranks is zero. Please make sure this was "
+                           f"your intention.{_why_empty(dl)}", category=UserWarning)
 
 
 # -- where the loops get their data ----------------------------------------------------------------------------------
@@ -261,8 +261,8 @@ class DataSources:
             self.train_source = source(train, "train_dataloader")
             self.val_source = source(val, "val_dataloader")
             if self.val_source is not None and not overridden(model, LightningModule, "validation_step"):
-                warnings.warn("You passed in a `val_dataloader` but have no `validation_step`. Skipping val loop.",
-                              UserWarning, stacklevel=user_stacklevel())
+                rank_zero_warn("You passed in a `val_dataloader` but have no `validation_step`. Skipping val loop.",
+                               category=UserWarning)
         else:
             hook = {"validate": "val_dataloader", "test": "test_dataloader", "predict": "predict_dataloader"}[fn]
             self.eval_source = source(eval_loaders, hook)
@@ -297,10 +297,9 @@ class DataSources:
         every = s.log_every_n_steps
         if ctx.loggers and every and self.num_training_batches < every and not self.warned_log_interval:
             self.warned_log_interval = True
-            warnings.warn(f"The number of training batches ({self.num_training_batches}) is smaller than the logging "
-                          f"interval Trainer(log_every_n_steps={every}). Set a lower value for log_every_n_steps if "
-                          "you want to see logs for the training epoch.", PossibleUserWarning,
-                          stacklevel=user_stacklevel())
+            rank_zero_warn(f"The number of training batches ({self.num_training_batches}) is smaller than the logging "
+                           f"interval Trainer(log_every_n_steps={every}). Set a lower value for log_every_n_steps if "
+                           "you want to see logs for the training epoch.", category=PossibleUserWarning)
         self.last_train_reload = ctx.progress.epoch
         vci = s.val_check_interval
         if isinstance(vci, int) and not isinstance(vci, bool):

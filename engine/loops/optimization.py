@@ -214,6 +214,7 @@ class StepPipeline:
         """Point the phase context at this micro-batch and open the train_step wrappers."""
         ctx = self.context
         ctx.batch_idx = batch_idx
+        ctx.grad_norm = None  # measured again if this micro-batch steps (a stale norm would be read as this one's)
         acc = ctx.accumulate
         ctx.will_step = acc == 1 or step_due(batch_idx, acc, is_last_batch)
         wraps = self.wrap_train_step

@@ -147,6 +147,12 @@ def test_param_checksum_and_grad_norm(kit: Any, tmp_path: Path) -> None:
     assert all(isinstance(r["gn"], float) for r in batches)
 
 
+def test_grad_norm_is_recorded_on_the_batches_that_step_only(kit: Any, tmp_path: Path) -> None:
+    fit(kit, logger=False, gradient_clip_val=0.5, accumulate_grad_batches=2, trace=str(tmp_path / "t.jsonl"))
+    batches = read_trace(tmp_path / "t.jsonl").of("BatchEnded")
+    assert [("gn" in r) for r in batches[:4]] == [False, True, False, True]  # no stale norm on micro-batches
+
+
 _KILLED = """
 import os, signal, sys
 sys.path[:0] = [{root!r}, {tests!r}]

@@ -2,7 +2,7 @@
 
 usage: python fsdp_script.py OUT_DIR
 Settings come from the environment: TEST_STATE_DICT_TYPE (full|sharded), TEST_MAX_EPOCHS, TEST_CKPT_PATH (resume
-from it), TEST_ACCUMULATE, TEST_CLIP, TEST_PRECISION, TEST_ACCELERATOR, TEST_CPU_OFFLOAD, TEST_VALIDATE_ONLY (load TEST_CKPT_PATH in validate, no fit).
+from it), TEST_ACCUMULATE, TEST_CLIP, TEST_PRECISION, TEST_ACCELERATOR, TEST_CPU_OFFLOAD, TEST_TRACE (a trace path), TEST_VALIDATE_ONLY (load TEST_CKPT_PATH in validate, no fit).
 Rank 0 writes OUT_DIR/result.json: the full weights after the run (gathered), global_step, epoch, the loss, the
 local shape of the first parameter on each rank (sharding), and the checkpoint folder."""
 
@@ -53,7 +53,8 @@ if __name__ == "__main__":
     ckpt_dir = os.path.join(out_dir, "ckpts")
     trainer = pl.Trainer(max_epochs=int(env("TEST_MAX_EPOCHS", "4")), strategy=strategy,
                          accelerator=env("TEST_ACCELERATOR", "cpu"),
-                         devices=2, logger=False, enable_progress_bar=False, enable_model_summary=False, trace=None,
+                         devices=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         trace=env("TEST_TRACE") or None,
                          accumulate_grad_batches=int(env("TEST_ACCUMULATE", "1")),
                          gradient_clip_val=float(env("TEST_CLIP")) if env("TEST_CLIP") else None,
                          precision=env("TEST_PRECISION", "32-true"), num_sanity_val_steps=0,

@@ -31,7 +31,7 @@ def _script_module():
 CKPT = "epoch=1-step=8.ckpt"  # written after epoch 2 of 4
 RUNS = {  # name -> the script's environment
     "full": dict(TEST_STATE_DICT_TYPE="full", TEST_MAX_EPOCHS="4"),
-    "accumulate": dict(TEST_ACCUMULATE="2", TEST_CLIP="0.05", TEST_MAX_EPOCHS="2"),
+    "accumulate": dict(TEST_ACCUMULATE="2", TEST_CLIP="0.05", TEST_MAX_EPOCHS="2", TEST_TRACE="trace.jsonl"),
     "bf16": dict(TEST_PRECISION="bf16-mixed", TEST_MAX_EPOCHS="2"),
     "sharded": dict(TEST_STATE_DICT_TYPE="sharded", TEST_MAX_EPOCHS="4"),
 }
@@ -127,6 +127,11 @@ def test_fsdp_accumulation_and_clipping_equal_one_process(runs):
     e = runs.get("accumulate")
     assert e["global_step"] == 4
     assert_close(weights(e), reference(2, accumulate=2, clip=0.05), atol=1e-5)
+    # the trace of each rank records the clipped total norm (FSDP's replicated DTensor) as a number
+    for name in ("trace.jsonl", "trace.rank1.jsonl"):
+        lines = [json.loads(line) for line in (runs.root / "accumulate" / name).read_text().splitlines()]
+        norms = [r["gn"] for r in lines if "gn" in r]
+        assert len(norms) == 4 and all(isinstance(n, float) and n > 0 for n in norms), norms
 
 
 def test_fsdp_bf16_mixed_trains_with_fp32_shards(runs):

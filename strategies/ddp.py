@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, Ra
 from engine.datamodule import move_data_to_device
 from engine.errors import MisconfigurationException
 from strategies.environment import ClusterEnvironment, detect_environment
-from strategies.launchers import WORKER_FLAG, SpawnLauncher, SubprocessLauncher, limit_threads, worker_guard
+from strategies.launchers import (WORKER_FLAG, SpawnLauncher, SubprocessLauncher, limit_threads, start_preload,
+                                  worker_guard)
 
 __all__ = ["DDPStrategy", "DistributedSamplerWrapper", "UnrepeatedDistributedSampler", "StepForward",
            "DEFAULT_TIMEOUT"]
@@ -240,6 +241,8 @@ class DDPStrategy:
         self.root_device = (torch.device("cuda", self.device_indices[self.local_rank]) if name == "cuda"
                             else torch.device("cpu"))
         self.configured = True
+        if WORKER_FLAG in os.environ or env.creates_processes_externally:
+            start_preload()  # a worker: import what DDP() imports lazily while the script runs on to fit()
         from engine.utilities.rank_zero import rank_zero_only
 
         rank_zero_only.rank = self.global_rank  # type: ignore[attr-defined]

@@ -60,6 +60,17 @@ def preload_ddp() -> None:
         pass
 
 
+_preloading: list[threading.Thread] = []
+
+
+def start_preload() -> None:
+    """`preload_ddp` in a background thread, once per process."""
+    if not _preloading:
+        thread = threading.Thread(target=preload_ddp, name="statetrain-ddp-preload", daemon=True)
+        _preloading.append(thread)
+        thread.start()
+
+
 def is_secondary(exc: BaseException) -> bool:
     """Whether `exc` is a peer's failure seen through the process group (a closed connection, a timeout)."""
     import torch.distributed as dist
@@ -166,7 +177,7 @@ class SubprocessLauncher:
             self.procs.append(subprocess.Popen(command, env=env, start_new_session=True,
                                                preexec_fn=_die_with_parent))
         threading.Thread(target=self._watch, name="statetrain-ddp-watch", daemon=True).start()
-        threading.Thread(target=preload_ddp, name="statetrain-ddp-preload", daemon=True).start()
+        start_preload()
         atexit.register(self.wait)
         return self.store
 

@@ -14,9 +14,11 @@ the checkpoint seams the engine calls (`model_state_dict`, `optimizer_state_dict
 
 from __future__ import annotations
 
+import sys
 import warnings
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -176,10 +178,21 @@ class FSDPStrategy(DDPStrategy):
 
         return StateDictOptions(full_state_dict=True, cpu_offload=True) if full else StateDictOptions()
 
+    @staticmethod
+    def _failing() -> BaseException | None:
+        """The exception being handled, when only this rank may have it (not an agreed SIGTERM stop): a gather or a
+        sharded write now would wait forever for ranks that are elsewhere."""
+        from engine.loops.context import SignalStop
+
+        exc = sys.exc_info()[1]
+        return None if exc is None or isinstance(exc, SignalStop) else exc
+
     def model_state_dict(self, module: nn.Module) -> dict[str, Any]:
         """'full': the whole module on rank 0 (CPU tensors; `{}` on the other ranks); 'sharded': this rank's shards."""
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
+        if self._failing() is not None:
+            return {}  # not written (save_checkpoint says why); no collective
         return get_model_state_dict(module, options=self._options(self.state_dict_type == "full"))
 
     def _names(self, optimizer: Any) -> list[str]:
@@ -194,6 +207,8 @@ class FSDPStrategy(DDPStrategy):
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
         optimizer = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer: the torch optimizer inside
+        if self._failing() is not None:
+            return {}
         if not optimizer.state or self.root is None:
             return optimizer.state_dict()  # nothing sharded yet (torch's getter would take a zero step to make it)
         full = self.state_dict_type == "full"
@@ -251,7 +266,15 @@ class FSDPStrategy(DDPStrategy):
         return checkpoint.load(path, weights_only=weights_only)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any) -> Any:
-        """'full': rank 0 writes the file; 'sharded': every rank writes its shards into the directory `path`."""
+        """'full': rank 0 writes the file; 'sharded': every rank writes its shards into the directory `path`.
+        While this rank handles an exception of its own (e.g. OnExceptionCheckpoint), nothing is written: the
+        other ranks cannot join the gather."""
+        failing = self._failing()
+        if failing is not None:
+            warnings.warn(f"FSDP: checkpoint {path} not written: rank {self.global_rank} is handling "
+                          f"{type(failing).__name__}, and gathering the shards needs every rank", UserWarning,
+                          stacklevel=user_stacklevel())
+            return Path(path)
         grads = checkpoint.get("engine", {}).pop("grads", None)
         if grads:
             warnings.warn("FSDP: a checkpoint written inside an accumulation window does not hold the gradients "

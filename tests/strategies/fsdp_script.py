@@ -2,7 +2,7 @@
 
 usage: python fsdp_script.py OUT_DIR
 Settings come from the environment: TEST_STATE_DICT_TYPE (full|sharded), TEST_MAX_EPOCHS, TEST_CKPT_PATH (resume
-from it), TEST_ACCUMULATE, TEST_CLIP, TEST_PRECISION, TEST_ACCELERATOR, TEST_CPU_OFFLOAD, TEST_TRACE (a trace path), TEST_VALIDATE_ONLY (load TEST_CKPT_PATH in validate, no fit).
+from it), TEST_ACCUMULATE, TEST_CLIP, TEST_PRECISION, TEST_ACCELERATOR, TEST_CPU_OFFLOAD, TEST_TRACE (a trace path), TEST_FAIL (rank 1 raises at step 3), TEST_VALIDATE_ONLY (load TEST_CKPT_PATH in validate, no fit).
 Rank 0 writes OUT_DIR/result.json: the full weights after the run (gathered), global_step, epoch, the loss, the
 local shape of the first parameter on each rank (sharding), and the checkpoint folder."""
 
@@ -30,6 +30,8 @@ class Model(pl.LightningModule):
         return self.net(x) * self.scale
 
     def training_step(self, batch, batch_idx):
+        if env("TEST_FAIL") and self.global_rank == 1 and self.trainer.global_step == 3:
+            raise ValueError("boom on rank 1 at step 3")
         x, y = batch
         loss = nn.functional.mse_loss(self(x), y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True)
@@ -59,7 +61,8 @@ if __name__ == "__main__":
                          gradient_clip_val=float(env("TEST_CLIP")) if env("TEST_CLIP") else None,
                          precision=env("TEST_PRECISION", "32-true"), num_sanity_val_steps=0,
                          callbacks=[pl.ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, every_n_epochs=1,
-                                                       save_last=True)])
+                                                       save_last=True),
+                                    *([pl.OnExceptionCheckpoint(ckpt_dir)] if env("TEST_FAIL") else [])])
     model = Model()
     loader = DataLoader(data, batch_size=4, shuffle=True)
     if env("TEST_VALIDATE_ONLY"):

@@ -229,3 +229,22 @@ def test_fsdp_on_cuda_with_and_without_cpu_offload(runs, offload):  # pragma: no
     r = runs.get(f"cuda{offload}", TEST_ACCELERATOR="cuda", TEST_CPU_OFFLOAD=offload, TEST_MAX_EPOCHS="2")
     assert r["global_step"] == 8
     assert_close(weights(r), reference(2), atol=1e-4)  # CUDA kernels round differently from the CPU reference
+
+
+def test_a_failing_rank_ends_the_job_fast_and_writes_no_partial_checkpoint(tmp_path):
+    """OnExceptionCheckpoint under FSDP: the failing rank cannot gather the shards (the others are elsewhere), so
+    nothing is written and nobody waits for the 30-minute collective timeout."""
+    import time
+
+    script = tmp_path / "train_fsdp.py"
+    shutil.copy(SCRIPT, script)
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT") and not k.startswith("TEST_")}
+    environ.update(PYTHONPATH=str(ROOT), TEST_FAIL="1")
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=environ, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 30
+    assert proc.stderr.count("ValueError: boom on rank 1 at step 3") == 1, proc.stderr[-4000:]
+    assert not (tmp_path / "ckpts" / "on_exception.ckpt").exists()

@@ -444,7 +444,7 @@ def test_model_summary_disabled(kit, capsys) -> None:
 
 
 # --- flags whose feature has not landed --------------------------------------------------------------------------
-@pytest.mark.parametrize(("flag", "value"), [("strategy", "fsdp"), ("profiler", "xla")])
+@pytest.mark.parametrize(("flag", "value"), [("strategy", "deepspeed"), ("profiler", "xla")])
 def test_flags_not_available_yet_raise(flag, value) -> None:
     with pytest.raises(NotImplementedError, match=rf"Trainer\({flag}="):
         pl.Trainer(**{flag: value})

@@ -43,6 +43,11 @@ class NonFiniteLoss:
         self.skipped = 0
         self._drop = False
 
+    @property
+    def may_skip_steps(self) -> bool:
+        """Under DDP the sync handler agrees skipped steps across ranks when a handler may skip one."""
+        return self.policy == "skip"
+
     def on_before_backward(self, event: Any) -> None:
         loss = event.loss
         value = loss.detach()

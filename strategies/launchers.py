@@ -34,6 +34,9 @@ __all__ = ["SubprocessLauncher", "SpawnLauncher", "RankFailedError", "worker_gua
            "WORKER_FLAG"]
 
 WORKER_FLAG = "STATETRAIN_WORKER"  # set in the environment of the processes our launchers start
+# a child's exit status that is not a failure: done, or stopped by an agreed SIGTERM after its checkpoint (every
+# rank stops at the same boundary; engine.loops.context.EXIT_SIGNAL_CHECKPOINTED)
+_CLEAN_EXITS = (0, 75)
 _GRACE_S = 5.0  # after a rank failed: how long the launcher waits for its own stage to end before it exits hard
 
 
@@ -190,7 +193,7 @@ class SubprocessLauncher:
                 code = proc.poll()
                 if code is None:
                     alive = True
-                elif code != 0 and self.failed is None:
+                elif code not in _CLEAN_EXITS and self.failed is None:
                     with self._lock:
                         self.failed = (rank, code)
                     self.kill_all()
@@ -245,7 +248,8 @@ class SubprocessLauncher:
             except subprocess.TimeoutExpired:
                 _kill(proc)
         if self.failed is None:
-            bad = [(r, p.returncode) for r, p in enumerate(self.procs, start=1) if p.returncode not in (0, None)]
+            bad = [(r, p.returncode) for r, p in enumerate(self.procs, start=1)
+                   if p.returncode not in (*_CLEAN_EXITS, None)]
             if bad:
                 self.failed = bad[0]
         if self.failed is not None:

@@ -117,6 +117,7 @@ class RunContext:
         self.resume_from: dict[str, Any] | None = None  # the checkpoint `fit(ckpt_path=...)` resumes from
         self.resume_source: str | None = None  # and its path, for messages
         self.stop_signal: int | None = None  # SIGTERM/SIGINT received during fit, acted on at the next boundary
+        self.signal_received: int | None = None  # with a sync handler: a signal this rank got, not yet agreed
 
     # -- the RunView events carry -------------------------------------------------------------------------------------
     def now(self) -> Timestamp:
@@ -300,7 +301,7 @@ class RunContext:
         with a checkpoint; a second SIGINT raises KeyboardInterrupt at once."""
         if threading.current_thread() is not threading.main_thread():
             return None
-        self.stop_signal = None
+        self.stop_signal = self.signal_received = None
         previous = {}
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.getsignal(signum)
@@ -310,12 +311,15 @@ class RunContext:
     def _restore_signal_handlers(self, previous: dict[int, Any]) -> None:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        self.stop_signal = None
+        self.stop_signal = self.signal_received = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.stop_signal is not None and signum == signal.SIGINT:
+        if (self.stop_signal or self.signal_received) is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.stop_signal = signum  # not a control stop request: the checkpoint must not carry it into the resume
+        if self.pipeline.resolve_control is not None:  # distributed: every rank stops at the same boundary, so the
+            self.signal_received = signum  # sync handler turns it into stop_signal on all ranks at its agreement
+        else:
+            self.stop_signal = signum  # not a control stop request: the checkpoint must not carry it into the resume
 
     def signal_checkpoint_path(self) -> Any:
         from pathlib import Path

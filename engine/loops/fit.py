@@ -574,6 +574,8 @@ def backward(loop: FitLoop) -> str:
             pipeline.zero_grad(optimizer, loop.progress.batch_idx)
         pipeline.backward(loop.loss)  # type: ignore[arg-type]
     pipeline.end_micro_batch()
+    if pipeline.resolve_control is not None:
+        loop.run.resolve_control("after_backward")
     if pipeline.context.will_step:
         return "optimizer_step"
     return loop.finish_batch()  # an accumulating micro-batch: no step (policy.step_due)

@@ -26,8 +26,9 @@ __all__ = [
 ]
 
 # Where the fit machine resolves pending control requests (`RunContext.resolve_control(point)`): a sync handler
-# turns each resolution into one collective so that every rank takes the same branch.
-DECISION_POINTS = ("batch_start", "batch_end", "epoch_end")
+# turns each resolution into one collective so that every rank takes the same branch. 'after_backward' (every
+# micro-batch, gradients complete) is where a skipped step is agreed, before any rank updates its weights.
+DECISION_POINTS = ("batch_start", "after_backward", "batch_end", "epoch_end")
 
 
 def step_limit(s: "RunSettings") -> float:

@@ -137,7 +137,8 @@ def test_resolve_control_is_called_at_the_decision_points_and_can_stop(kit: Any)
     trainer = control_owner = kit.trainer(max_epochs=2, callbacks=[Resolver()], **QUIET)
     trainer.fit(kit.Model(), kit.loader(8, batch_size=2))
     assert trainer.global_step == 2
-    assert points == [("batch_start", 0), ("batch_end", 1), ("batch_start", 1), ("batch_end", 2), ("epoch_end", 2)]
+    assert points == [("batch_start", 0), ("after_backward", 0), ("batch_end", 1), ("batch_start", 1),
+                      ("after_backward", 1), ("batch_end", 2), ("epoch_end", 2)]
     assert [r.by for r in trainer.control.history] == ["Resolver"]
 
 

@@ -72,3 +72,25 @@ def test_a_stop_request_survives_the_agreement(group) -> None:
 def test_no_sync_is_not_entered_without_a_ddp_module(group) -> None:
     trainer, _ = fit(Model(), val=False, max_epochs=1, accumulate_grad_batches=2)
     assert trainer.global_step == 2
+
+
+def test_a_strategy_with_its_own_no_sync_is_entered_on_non_final_micro_batches() -> None:
+    """FSDP offers `strategy.no_sync(model)` (set_requires_gradient_sync); the handler prefers it to DDP's."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    entered: list[object] = []
+
+    class Strategy:
+        @contextmanager
+        def no_sync(self, model):
+            entered.append(model)
+            yield
+
+    model = object()
+    sync = DDPSync(SimpleNamespace(strategy=Strategy(), model=model))
+    with sync.wrap_train_step(SimpleNamespace(will_step=False)):
+        pass
+    with sync.wrap_train_step(SimpleNamespace(will_step=True)):
+        pass
+    assert entered == [model]  # once: the final micro-batch syncs

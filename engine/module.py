@@ -51,6 +51,13 @@ class LightningModule(HyperparametersMixin, nn.Module):
         self.prepare_data_per_node = True
         self.allow_zero_length_dataloader_with_multiple_devices = False
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickling and deepcopy leave the Trainer out (Lightning does too): a copied module, e.g. an averaged
+        model, is the module alone, not a second Trainer with its data and process group."""
+        state = dict(self.__dict__)
+        state["_trainer"] = None
+        return state
+
     # -- attributes -----------------------------------------------------------------------------------------------
     @property
     def trainer(self) -> "Trainer":

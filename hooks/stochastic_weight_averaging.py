@@ -25,6 +25,7 @@ from torch.optim.swa_utils import SWALR
 
 from engine.errors import MisconfigurationException, user_stacklevel
 from hooks.callback import Callback
+from hooks.weight_averaging import refuse_sharded
 
 __all__ = ["StochasticWeightAveraging"]
 
@@ -122,6 +123,7 @@ class StochasticWeightAveraging(Callback):
     # -- hooks ----------------------------------------------------------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
+            refuse_sharded(trainer, type(self).__name__)
             # a plain store of tensors: the memo keeps the Trainer out of the copy
             self._average_model = deepcopy(pl_module, {id(trainer): None})
             if self._loaded_average is not None:

@@ -15,10 +15,18 @@ from typing import Any
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
-from engine.errors import user_stacklevel
+from engine.errors import MisconfigurationException, user_stacklevel
 from hooks.callback import Callback
 
 __all__ = ["WeightAveraging", "EMAWeightAveraging"]
+
+
+def refuse_sharded(trainer: Any, name: str) -> None:
+    """Averaging needs each parameter whole on every rank; a sharding strategy (FSDP) holds only shards."""
+    if getattr(trainer.strategy, "shards_parameters", False):
+        raise MisconfigurationException(
+            f"{name} with strategy={type(trainer.strategy).__name__}: averaging sharded parameters is not available "
+            "in statetrain; use strategy='ddp', or remove the callback")
 
 
 class WeightAveraging(Callback):
@@ -44,6 +52,7 @@ class WeightAveraging(Callback):
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
+            refuse_sharded(trainer, type(self).__name__)
             device = self._device or pl_module.device
             self._average_model = AveragedModel(model=pl_module, device=device, use_buffers=self._use_buffers,
                                                 **self._kwargs)

@@ -92,6 +92,7 @@ class FSDPStrategy(DDPStrategy):
         self.sharding_strategy = str(sharding_strategy).upper()
         self.state_dict_type = state_dict_type
         self.fsdp_kwargs = fsdp_kwargs
+        self.shards_parameters = True  # handlers that copy the module's weights (weight averaging) refuse to run
         self.root: nn.Module | None = None  # the sharded StepForward the loops call (kept across stages)
         self.mesh: Any = None
         super().__init__(accelerator=accelerator, devices=devices, num_nodes=num_nodes,

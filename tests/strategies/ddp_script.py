@@ -1,7 +1,7 @@
 """The training script the multi-process tests run (copied to tmp_path and launched as a real program).
 
 usage: python ddp_script.py OUT_DIR STRATEGY MODE
-       (MODE: train | logged | ckpt | stop | early | fail | fail0 | kill | stop_never)
+       (MODE: train | logged | ckpt | stop | early | ema | fail | fail0 | kill | stop_never)
 Each rank writes OUT_DIR/rank{R}.json: final weights, metrics, global_step, and the local gradients after each
 backward (to check no_sync)."""
 
@@ -65,6 +65,10 @@ if __name__ == "__main__":
     data = TensorDataset(torch.randn(32, 4, generator=g), torch.randn(32, 1, generator=g))
     epochs = {"train": 2, "stop": 10, "early": 10}.get(mode, int(os.environ.get("TEST_MAX_EPOCHS", "2")))
     callbacks = [pl.EarlyStopping("watch", patience=1, mode="min")] if mode == "early" else []
+    if mode == "ema":
+        from engine.callbacks import EMAWeightAveraging
+
+        callbacks.append(EMAWeightAveraging(decay=0.5))
     logger = (pl.CSVLogger(out_dir, name="logs", version=0) if mode == "logged"
               else pl.CSVLogger(out_dir, name="logs") if mode == "ckpt" else False)
     trainer = pl.Trainer(max_epochs=epochs, accumulate_grad_batches=2, logger=logger, log_every_n_steps=1,

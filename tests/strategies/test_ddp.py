@@ -155,6 +155,16 @@ def test_checkpoints_go_where_rank_zero_says(tmp_path: Path) -> None:
     assert traces == ["trace.jsonl", "trace.rank1.jsonl"]  # each rank's trace in rank 0's log folder
 
 
+def test_weight_averaging_under_ddp_gives_every_rank_the_same_average(tmp_path: Path) -> None:
+    """The averaged model is a copy of the module alone (copying the Trainer failed on its process-group locks)."""
+    proc, records, elapsed, script = run_script(tmp_path, "ddp", "ema")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert records[0]["weights"] == records[1]["weights"]
+    (tmp_path / "plain").mkdir()
+    plain = run_script(tmp_path / "plain", "ddp", "train")[1]
+    assert records[0]["weights"] != plain[0]["weights"]  # the averaged weights were swapped in at the end
+
+
 def test_early_stopping_on_one_rank_stops_both_in_the_same_epoch(tmp_path: Path) -> None:
     proc, records, elapsed, script = run_script(tmp_path, "ddp", "early")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -185,3 +185,15 @@ def test_fp16_loss_scaling_under_fsdp_on_cuda_is_refused_before_any_work():
     with pytest.raises(MisconfigurationException, match=r"precision='16-mixed'.*use precision='bf16-mixed'"):
         strategy.check_precision("16-mixed")
     strategy.check_precision("bf16-mixed")
+
+
+@pytest.mark.parametrize("name", ["EMAWeightAveraging", "StochasticWeightAveraging"])
+def test_weight_averaging_refuses_sharded_parameters(name):
+    from types import SimpleNamespace
+
+    import engine.callbacks as callbacks
+
+    cb = getattr(callbacks, name)(swa_lrs=0.1) if name.startswith("Stochastic") else getattr(callbacks, name)()
+    trainer = SimpleNamespace(strategy=FSDPStrategy())
+    with pytest.raises(MisconfigurationException, match=rf"{name} with strategy=FSDPStrategy: averaging sharded"):
+        cb.setup(trainer, Tiny(), "fit")

@@ -37,6 +37,17 @@ RUNS = {  # name -> the script's environment
 }
 
 
+def launch(work: Path, **env: str) -> subprocess.CompletedProcess:
+    """The script copied to `work` and run there as a program (rank 0; its launcher starts rank 1)."""
+    script = work / "train_fsdp.py"
+    shutil.copy(SCRIPT, script)
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT") and not k.startswith("TEST_")}
+    environ.update(PYTHONPATH=str(ROOT), **env)
+    return subprocess.run([sys.executable, str(script), str(work)], env=environ, cwd=work, capture_output=True,
+                          text=True, timeout=120)
+
+
 class Runs:
     """Each launch once per test module (a launch is a real 2-process job of a few seconds)."""
 
@@ -49,13 +60,7 @@ class Runs:
         if name not in self.done:
             work = self.root / name
             work.mkdir()
-            script = work / "train_fsdp.py"
-            shutil.copy(SCRIPT, script)
-            environ = {k: v for k, v in os.environ.items()
-                       if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT") and not k.startswith("TEST_")}
-            environ.update(PYTHONPATH=str(ROOT), **env)
-            proc = subprocess.run([sys.executable, str(script), str(work)], env=environ, cwd=work,
-                                  capture_output=True, text=True, timeout=120)
+            proc = launch(work, **env)
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
             result = json.loads((work / "result.json").read_text())
             result["stderr"] = proc.stderr
@@ -236,14 +241,8 @@ def test_a_failing_rank_ends_the_job_fast_and_writes_no_partial_checkpoint(tmp_p
     nothing is written and nobody waits for the 30-minute collective timeout."""
     import time
 
-    script = tmp_path / "train_fsdp.py"
-    shutil.copy(SCRIPT, script)
-    environ = {k: v for k, v in os.environ.items()
-               if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT") and not k.startswith("TEST_")}
-    environ.update(PYTHONPATH=str(ROOT), TEST_FAIL="1")
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=environ, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = launch(tmp_path, TEST_FAIL="1")
     assert proc.returncode != 0
     assert time.monotonic() - start < 30
     assert proc.stderr.count("ValueError: boom on rank 1 at step 3") == 1, proc.stderr[-4000:]

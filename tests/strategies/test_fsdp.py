@@ -34,6 +34,7 @@ RUNS = {  # name -> the script's environment
     "accumulate": dict(TEST_ACCUMULATE="2", TEST_CLIP="0.05", TEST_MAX_EPOCHS="2", TEST_TRACE="trace.jsonl"),
     "bf16": dict(TEST_PRECISION="bf16-mixed", TEST_MAX_EPOCHS="2"),
     "sharded": dict(TEST_STATE_DICT_TYPE="sharded", TEST_MAX_EPOCHS="4"),
+    "float64": dict(TEST_PRECISION="64-true", TEST_MAX_EPOCHS="2"),
 }
 
 
@@ -147,6 +148,12 @@ def test_fsdp_bf16_mixed_trains_with_fp32_shards(runs):
     got = weights(b)
     diff = max((got[k] - ref[k].flatten()).abs().max().item() for k in ref)
     assert 0 < diff < 0.05  # bf16 rounding: close to, not equal to, the fp32 run
+
+
+def test_fsdp_64_true_shards_float64_parameters(runs):
+    r = runs.get("float64")
+    assert r["dtypes"] == ["torch.float64"]  # converted before sharding, so the shards are float64
+    assert_close(weights(r), reference(2), atol=1e-5)  # the float32 loop, to float32 precision
 
 
 # -- full checkpoints -------------------------------------------------------------------------------------------------
